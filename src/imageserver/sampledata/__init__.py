@@ -1,0 +1,1 @@
+"""Synthetic but realistic detector files for the demo, tests and benchmarks."""
