@@ -1,0 +1,255 @@
+"""Settings: one frozen tree with built-in defaults, optionally read from a TOML file.
+
+Every compile-time constant of the legacy server (endpoints, Redis addresses, key file,
+ESAF rules, thread counts, limits) is a setting here. A file only needs the keys it changes;
+an unknown key is an error naming it, so a typo never silently falls back to a default.
+The file is ``load_settings(path)``'s argument, else ``$IMAGESERVER_CONFIG``, else none.
+docs/configuration.md documents every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from imageserver.errors import ImageServerError
+
+CONFIG_ENV = "IMAGESERVER_CONFIG"
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class ConfigError(ImageServerError, ValueError):
+    """The configuration (file, key file, value) is wrong; the operator's fault, not a client's."""
+
+
+def _require(is_ok: bool, section: str, key: str, problem: str) -> None:
+    if not is_ok:
+        raise ConfigError(f"[{section}] {key} {problem}")
+
+
+def _default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Where the ZeroMQ proxy listens: web clients on the front, managers on the back."""
+
+    SECTION: ClassVar[str] = "proxy"
+    front_endpoint: str = "ipc://@imageserver-front"
+    back_endpoint: str = "tcp://127.0.0.1:60202"
+
+    def __post_init__(self) -> None:
+        for key in ("front_endpoint", "back_endpoint"):
+            value = getattr(self, key)
+            _require(
+                value.startswith(_ENDPOINT_SCHEMES),
+                self.SECTION,
+                key,
+                f"must start with one of {', '.join(_ENDPOINT_SCHEMES)}, not {value!r}",
+            )
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The web tier's Redis holding signed sessions, and the key that checks their signature."""
+
+    SECTION: ClassVar[str] = "session"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = 2.0
+    public_key_path: Path = Path("/etc/imageserver/session-pubkey.pem")
+    verified_signatures: int = 4096
+
+    def __post_init__(self) -> None:
+        _require(
+            self.redis_url.startswith(_REDIS_SCHEMES),
+            self.SECTION,
+            "redis_url",
+            f"must start with one of {', '.join(_REDIS_SCHEMES)}, not {self.redis_url!r}",
+        )
+        _require(self.redis_timeout_s > 0, self.SECTION, "redis_timeout_s", "must be > 0")
+        _require(self.verified_signatures >= 0, self.SECTION, "verified_signatures", "must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """How a (user, ESAF) pair becomes a Unix uid, gid and home directory."""
+
+    SECTION: ClassVar[str] = "identity"
+    esaf_group_pattern: str = "e{esaf}"
+    esaf_threshold: int = 40000
+
+    def __post_init__(self) -> None:
+        try:
+            name = self.esaf_group_pattern.format(esaf=40001)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"[{self.SECTION}] esaf_group_pattern {self.esaf_group_pattern!r} is not a"
+                f" valid pattern with one {{esaf}} field: {exc}"
+            ) from None
+        _require(
+            "40001" in name,
+            self.SECTION,
+            "esaf_group_pattern",
+            f"must contain {{esaf}}, not {self.esaf_group_pattern!r}",
+        )
+        _require(self.esaf_threshold >= 0, self.SECTION, "esaf_threshold", "must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Per-identity worker processes and the time a request may take."""
+
+    SECTION: ClassVar[str] = "workers"
+    threads: int = field(default_factory=_default_threads)
+    max_workers: int = 64
+    idle_timeout_s: float = 300.0
+    request_deadline_s: float = 30.0
+    auth_threads: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("threads", "max_workers", "auth_threads"):
+            _require(getattr(self, key) >= 1, self.SECTION, key, "must be ≥ 1")
+        for key in ("idle_timeout_s", "request_deadline_s"):
+            _require(getattr(self, key) > 0, self.SECTION, key, "must be > 0")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The per-worker memory cache and the Redis cache shared by the users of an ESAF."""
+
+    SECTION: ClassVar[str] = "cache"
+    redis_url: str = "redis://127.0.0.1:6379/1"
+    memory_budget_bytes: int = 1 << 30
+    ttl_s: int = 300
+
+    def __post_init__(self) -> None:
+        _require(
+            self.redis_url.startswith(_REDIS_SCHEMES),
+            self.SECTION,
+            "redis_url",
+            f"must start with one of {', '.join(_REDIS_SCHEMES)}, not {self.redis_url!r}",
+        )
+        _require(self.memory_budget_bytes >= 0, self.SECTION, "memory_budget_bytes", "must be ≥ 0")
+        _require(self.ttl_s >= 1, self.SECTION, "ttl_s", "must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Bounds on what one request may ask for; beyond them the request is refused."""
+
+    SECTION: ClassVar[str] = "limits"
+    max_xsize_px: int = 10000
+    max_zoom: float = 64.0
+    max_label_height_px: int = 64
+    max_string_length: int = 4096
+    max_request_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        _require(self.max_xsize_px >= 8, self.SECTION, "max_xsize_px", "must be ≥ 8")
+        _require(self.max_zoom >= 1, self.SECTION, "max_zoom", "must be ≥ 1")
+        _require(self.max_label_height_px >= 0, self.SECTION, "max_label_height_px", "must be ≥ 0")
+        _require(self.max_string_length >= 1, self.SECTION, "max_string_length", "must be ≥ 1")
+        _require(self.max_request_bytes >= 64, self.SECTION, "max_request_bytes", "must be ≥ 64")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    SECTION: ClassVar[str] = "logging"
+    level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.level.upper() in LOG_LEVELS,
+            self.SECTION,
+            "level",
+            f"must be one of {', '.join(LOG_LEVELS)}, not {self.level!r}",
+        )
+        object.__setattr__(self, "level", self.level.upper())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration; ``Settings()`` is the built-in defaults."""
+
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Settings from ``path``, else from ``$IMAGESERVER_CONFIG``, else the built-in defaults.
+
+    Relative paths inside the file are taken relative to the file's directory, never to the
+    current directory (the legacy key file was CWD-relative, bug S8).
+    """
+    if path is None:
+        from_env = os.environ.get(CONFIG_ENV, "")
+        if not from_env:
+            return Settings()
+        path = Path(from_env)
+    try:
+        with open(path, "rb") as stream:
+            table = tomllib.load(stream)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        settings = _build(Settings, table, "", Path(path).resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _build(cls: type, table: dict[str, Any], where: str, base_dir: Path) -> Any:
+    """One dataclass from one TOML table, checking every key's name and type."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            place = f"in [{where}]" if where else "at the top level"
+            raise ConfigError(
+                f"unknown key '{dotted}'{hint} (known keys {place}: {', '.join(known)})"
+            )
+        kwargs[key] = _convert(hints[key], value, dotted, base_dir)
+    return cls(**kwargs)
+
+
+def _convert(kind: Any, value: Any, dotted: str, base_dir: Path) -> Any:
+    if is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{dotted}' must be a table ([{dotted}]), not {_toml_type(value)}")
+        return _build(typing.cast(type, kind), value, dotted, base_dir)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is Path and isinstance(value, str):
+        return base_dir / Path(value).expanduser()
+    wanted = {int: "an integer", float: "a number", str: "a string", Path: "a path string"}[kind]
+    raise ConfigError(f"'{dotted}' must be {wanted}, not {_toml_type(value)} ({value!r})")
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)

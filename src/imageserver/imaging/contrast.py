@@ -1,0 +1,70 @@
+"""Black and white levels, and the mapping of a reduced view to 8-bit colour.
+
+Legacy semantics (legacy-server.md §5.1): the "black" level (``contrast``) and the "white"
+level (``wval``) are full-depth pixel values; values at or below white get the map's low
+colour, at or above black its high colour, and in between a linear index
+``⌊255 · (v − white) / (black − white)⌋`` into the map. Saturated pixels get the map's overload
+colour and masked ones (gaps, bad pixels, off the frame) its masked colour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from imageserver.imaging import kernels
+from imageserver.imaging.colormaps import get_colormap
+from imageserver.imaging.reduce import Reduced, row_blocks, run_blocks
+from imageserver.imaging.stats import ViewStats
+
+RgbArray = npt.NDArray[np.uint8]
+
+MAX_WHITE = 1 << 33
+MAX_BLACK = 1 << 48
+"""Levels beyond any 32-bit value map every pixel alike, so the kernel gets them clipped here
+(without changing any pixel) to keep its int64 arithmetic far from overflow."""
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The levels actually used, echoed to clients as wval_used and bval_used."""
+
+    white: int
+    black: int
+
+
+def choose_levels(stats: ViewStats, contrast: int, wval: int) -> Levels:
+    """Requested levels, automatic ones from the view's mean ± stddev, then the legacy clamps.
+
+    black = contrast, or int(mean + stddev) when contrast ≤ 0; white = wval, or
+    int(mean − stddev) when wval < 0; white ≥ 0; black > white.
+    """
+    black = contrast if contrast > 0 else int(stats.mean + stats.stddev)
+    white = wval if wval >= 0 else int(stats.mean - stats.stddev)
+    white = max(white, 0)
+    if black <= white:
+        black = white + 1
+    return Levels(white=white, black=black)
+
+
+def map_contrast(reduced: Reduced, levels: Levels, colormap: str = "grey") -> RgbArray:
+    """The view as (h, w, 3) uint8 RGB; RequestError for an unknown colormap."""
+    cmap = get_colormap(colormap)
+    white = min(max(levels.white, 0), MAX_WHITE)
+    black = min(max(levels.black, white + 1), MAX_BLACK)
+    values = np.ascontiguousarray(reduced.values)
+    flags = np.ascontiguousarray(reduced.flags)
+    out = np.empty((*values.shape, 3), dtype=np.uint8)
+    masked = np.array(cmap.masked, dtype=np.uint8)
+    overload = np.array(cmap.overload, dtype=np.uint8)
+
+    def map_rows(start: int, stop: int) -> None:
+        rows = slice(start, stop)
+        kernels.map_to_rgb(
+            values[rows], flags[rows], white, black, cmap.lut, masked, overload, out[rows]
+        )
+
+    run_blocks(map_rows, row_blocks(values.shape[0], values.size))
+    return out

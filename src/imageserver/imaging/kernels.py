@@ -1,0 +1,256 @@
+"""Numba loops of the imaging core: plain loops writing into arrays the caller allocates.
+
+Geometry, dtypes, threading and policy live in the callers (`reduce`, `stats`, `contrast`);
+each kernel here is a loop over rows it is given. Signatures are explicit, so importing this
+module compiles every specialisation, or loads it from numba's disk cache (see `reduce.warm_up`).
+
+The kernels are serial and release the GIL (``nogil``); callers split large images into row
+blocks over a thread pool. numba's own ``parallel=True`` is avoided on purpose: its OpenMP
+layer (the one this environment provides) aborts a process forked after the kernels were
+loaded ("fork() called from a process already using GNU OpenMP"), which is how workers are made
+from the pre-warmed zygote, and its workqueue layer aborts when two request threads call a
+kernel at once. Plain threads have neither problem and scale the same on this machine.
+
+Max-pooling works on *keys*: key = value + 1 in the pixel dtype, so the dtype-max marker wraps
+to 0, a masked pixel is forced to 0, and the max of the keys in a box is 0 exactly when the box
+holds no usable pixel. One max over keys thus gives the value, the masked flag and the
+saturated flag; the inner loop is branch-free and vectorises.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+
+OK = 0
+MASKED = 1
+SATURATED = 2
+
+PIXEL_TYPES = (numba.uint16, numba.uint32)
+u8, i8, f8, boolean = numba.uint8, numba.int64, numba.float64, numba.boolean
+
+log = logging.getLogger(__name__)
+
+
+def readonly(dtype: Any, ndim: int = 1) -> Any:
+    """A C-contiguous input array; writable arrays convert to it, so both are accepted."""
+    return numba.types.Array(dtype, ndim, "C", readonly=True)
+
+
+def writable(dtype: Any, ndim: int = 1) -> Any:
+    """A C-contiguous output array."""
+    return numba.types.Array(dtype, ndim, "C")
+
+
+def _kernel(arguments: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], Any]:
+    """njit with one explicit signature per pixel dtype, GIL released, disk-cached."""
+    return _jit([numba.void(*arguments(pixel)) for pixel in PIXEL_TYPES])
+
+
+def _inline() -> Callable[[Any], Any]:
+    """A helper inlined into the kernels that call it."""
+    return _jit(None, inline="always")
+
+
+def _jit(signatures: list[Any] | None, **options: Any) -> Callable[[Any], Any]:
+    """Compile with numba's disk cache where it can write one, in memory otherwise.
+
+    numba looks for a writable cache directory in this order: ``$NUMBA_CACHE_DIR``,
+    ``__pycache__`` beside this file, then the user's cache (``~/.cache/numba``); with none it
+    raises at import. A service user with no home must not lose the imaging core for that: it
+    compiles in memory instead (about 5 s per process).
+    """
+
+    def decorate(function: Any) -> Any:
+        try:
+            return numba.njit(signatures, nogil=True, cache=True, **options)(function)
+        except RuntimeError as exc:
+            if "cannot cache" not in str(exc):
+                raise
+            _warn_no_disk_cache()
+            return numba.njit(signatures, nogil=True, cache=False, **options)(function)
+
+    return decorate
+
+
+@functools.cache
+def _warn_no_disk_cache() -> None:
+    """Said once per process, not once per kernel."""
+    log.warning(
+        "numba disk cache unavailable (no writable $NUMBA_CACHE_DIR, __pycache__ or user"
+        " cache directory): compiling the imaging kernels in memory"
+    )
+
+
+@_inline()
+def _fold_source_row(src_row, mask_row, has_mask, col_keys):
+    """col_keys[x] = max(col_keys[x], key of src_row[x]); returns the largest key of the row."""
+    zero, one = src_row.dtype.type(0), src_row.dtype.type(1)
+    row_max = zero
+    if has_mask:
+        for x in range(src_row.shape[0]):
+            key = src_row.dtype.type(src_row[x] + one) if mask_row[x] == 0 else zero
+            col_keys[x] = max(col_keys[x], key)
+            row_max = max(row_max, key)
+    else:
+        for x in range(src_row.shape[0]):
+            key = src_row.dtype.type(src_row[x] + one)
+            col_keys[x] = max(col_keys[x], key)
+            row_max = max(row_max, key)
+    return row_max
+
+
+@_inline()
+def _count_saturated(src_row, mask_row, has_mask, saturation):
+    """Usable pixels of one row at or above saturation (the marker never counts)."""
+    marker = np.iinfo(src_row.dtype).max
+    count = 0
+    for x in range(src_row.shape[0]):
+        value = src_row[x]
+        if value >= saturation and value != marker and not (has_mask and mask_row[x] != 0):
+            count += 1
+    return count
+
+
+@_inline()
+def _finish_output_row(col_keys, col_lo, col_hi, sat_key, values_row, flags_row):
+    """Max of the column keys in each box, turned back into a value and a flag.
+
+    Indices are unsigned so numba drops its negative-index handling from the inner loop.
+    """
+    for c in range(col_lo.shape[0]):
+        key = col_keys.dtype.type(0)
+        for x in range(np.uint64(col_lo[c]), np.uint64(col_hi[c])):
+            key = max(key, col_keys[x])
+        values_row[c] = key
+    for c in range(col_lo.shape[0]):
+        key = values_row[c]
+        flags_row[c] = MASKED if key == 0 else (SATURATED if key >= sat_key else OK)
+        values_row[c] = key - (key > 0)
+
+
+@_kernel(
+    lambda pixel: (
+        readonly(pixel, 2), readonly(u8, 2), boolean, readonly(i8), readonly(i8), readonly(i8),
+        readonly(i8), readonly(i8), i8, writable(pixel, 2), writable(u8, 2), writable(i8),
+    )
+)  # fmt: skip
+def max_pool_2d(
+    src, mask, has_mask, row_lo, row_hi, count_lo, col_lo, col_hi, saturation,
+    out_values, out_flags, sat_per_row,
+):  # fmt: skip
+    """Box maximum of usable pixels per output pixel; source rows stream in order.
+
+    Saturated pixels of source rows [count_lo[r], row_hi[r]) go to sat_per_row[r], so each
+    source pixel is counted once even when magnified rows share it.
+    """
+    col_start, col_stop = col_lo[0], col_hi[-1]
+    col_keys = np.zeros(src.shape[1], dtype=src.dtype)
+    window_keys = col_keys[col_start:col_stop]  # slices keep the inner loops at index 0
+    for r in range(out_values.shape[0]):
+        window_keys[:] = 0
+        n_saturated = 0
+        for y in range(row_lo[r], row_hi[r]):
+            src_row = src[y, col_start:col_stop]
+            mask_row = mask[y, col_start:col_stop] if has_mask else mask[0]
+            row_max = _fold_source_row(src_row, mask_row, has_mask, window_keys)
+            if y >= count_lo[r] and np.int64(row_max) > saturation:
+                n_saturated += _count_saturated(src_row, mask_row, has_mask, saturation)
+        sat_per_row[r] = n_saturated
+        _finish_output_row(col_keys, col_lo, col_hi, saturation + 1, out_values[r], out_flags[r])
+
+
+@_kernel(
+    lambda pixel: (
+        readonly(pixel, 2), readonly(u8, 2), i8, i8, readonly(u8, 2), readonly(u8), readonly(u8),
+        writable(u8, 3),
+    )
+)  # fmt: skip
+def map_to_rgb(values, flags, white, black, lut, masked_rgb, overload_rgb, out):
+    """Legacy contrast (§5.1): index ⌊255·(v − white)/(black − white)⌋ clamped to 0..255.
+
+    The index is estimated in float64 and corrected to the exact integer quotient (an int64
+    division per pixel is several times slower). Indices 256 and 257 pick the masked and
+    overload colours. One row of indices first, then the colour lookups: both loops stay simple
+    enough for the compiler to vectorise the first.
+    """
+    palette = np.empty((256 + 2, 3), dtype=np.uint8)
+    palette[:256] = lut
+    palette[255 + MASKED] = masked_rgb
+    palette[255 + SATURATED] = overload_rgb
+    span = black - white
+    scale = 255.0 / span
+    index_row = np.empty(values.shape[1], dtype=np.int64)
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            d = min(max(np.int64(values[r, c]) - white, 0), span)
+            index = np.int64(d * scale)
+            index -= index * span > 255 * d
+            index += (index + 1) * span <= 255 * d
+            flag = flags[r, c]
+            index_row[c] = index if flag == OK else 255 + min(flag, SATURATED)
+        for c in range(values.shape[1]):
+            out[r, c, 0] = palette[index_row[c], 0]
+            out[r, c, 1] = palette[index_row[c], 1]
+            out[r, c, 2] = palette[index_row[c], 2]
+
+
+@_kernel(
+    lambda pixel: (
+        readonly(pixel, 2), readonly(u8, 2), i8, f8, f8, f8, f8, writable(u8, 2), writable(i8),
+        writable(i8), writable(f8), writable(i8), writable(i8),
+    )
+)  # fmt: skip
+def shell_moments(
+    values, flags, row0, beam_x, beam_y, d2_min, shell_scale, shells, counts, sums, sums2,
+    mins, maxs,
+):  # fmt: skip
+    """Pass 1: each pixel's equal-area shell, then per shell over usable pixels: n, exact
+    integer sum, float64 sum of squares, min and max. Row r of the arrays is view row row0 + r.
+
+    The squared distance is taken at the pixel centre; shell = ⌊(d² − d²min)·scale⌋ clamped
+    to the shells (written so that a NaN lands in shell 0, never outside the arrays). Sums go
+    to local arrays first: blocks running side by side would otherwise share cache lines.
+    """
+    n, top = counts.shape[0], float(counts.shape[0] - 1)
+    n_px, total, total2 = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.float64)
+    low, high = np.full(n, np.iinfo(np.int64).max), np.full(n, -1, np.int64)
+    for r in range(values.shape[0]):
+        dy = row0 + r + 0.5 - beam_y
+        for c in range(values.shape[1]):
+            dx = c + 0.5 - beam_x
+            scaled = (dx * dx + dy * dy - d2_min) * shell_scale
+            shells[r, c] = np.int64(min(scaled, top)) if scaled > 0.0 else 0
+        for c in range(values.shape[1]):
+            if flags[r, c] != MASKED:
+                s, v = shells[r, c], np.int64(values[r, c])
+                n_px[s] += 1
+                total[s] += v
+                total2[s] += np.float64(v) * np.float64(v)
+                low[s] = min(low[s], v)
+                high[s] = max(high[s], v)
+    counts[:], sums[:], sums2[:], mins[:], maxs[:] = n_px, total, total2, low, high
+
+
+@_kernel(
+    lambda pixel: (
+        readonly(pixel, 2), readonly(u8, 2), readonly(u8, 2), readonly(f8), readonly(f8),
+        writable(f8), writable(i8),
+    )
+)  # fmt: skip
+def shell_deviations(values, flags, shells, means, spot_limits, dev2, spots):
+    """Pass 2: squared deviations from each shell's mean, and pixels above its spot limit."""
+    deviations2, n_spots = np.zeros(dev2.shape[0]), np.zeros(spots.shape[0], np.int64)
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            if flags[r, c] != MASKED:
+                s = shells[r, c]
+                d = np.float64(values[r, c]) - means[s]
+                deviations2[s] += d * d
+                n_spots[s] += d > spot_limits[s]
+    dev2[:], spots[:] = deviations2, n_spots

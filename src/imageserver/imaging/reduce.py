@@ -1,0 +1,191 @@
+"""Full-depth reduction of a frame to a view: max-pooling that keeps bad and saturated pixels apart.
+
+This is the costly step of a JPEG request (legacy-server.md §4), so its result is what gets
+cached; 8-bit mapping happens later per request. The numba loops are in `kernels`; this module
+owns the policy: which pixels are usable (not masked, not the dtype-max marker), the saturation
+threshold, the output dtypes, and the split of large views into row blocks over a thread pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from imageserver.errors import CorruptFrameError
+from imageserver.formats.base import Frame, MaskArray, PixelArray
+from imageserver.imaging import kernels
+from imageserver.imaging.geometry import BoxBounds, View, box_bounds
+
+THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+"""Threads that share one large image (this thread plus the pool); one pool per process."""
+
+MIN_PARALLEL_PX = 1 << 18
+"""Below this many pixels to visit, one thread beats handing out blocks (~0.1 ms overhead)."""
+
+FlagArray = npt.NDArray[np.uint8]
+RowWork = Callable[[int, int], None]
+
+
+class Flags:
+    """Per-output-pixel state, stored as uint8 beside the values."""
+
+    OK = np.uint8(kernels.OK)
+    MASKED = np.uint8(kernels.MASKED)
+    """No usable source pixel: gaps, bad pixels, or a box off the frame. The value is 0."""
+    SATURATED = np.uint8(kernels.SATURATED)
+    """A usable source pixel reached saturation; the value is still the true maximum."""
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A view at full bit depth: values in the source dtype, flags, and what it shows."""
+
+    values: PixelArray
+    flags: FlagArray
+    saturated_source_px: int
+    view: View
+
+
+def reduce_frame(frame: Frame, view: View) -> Reduced:
+    """Max-pool the frame into the view's output grid (see `geometry.box_bounds`)."""
+    pixels = checked_pixels(frame)
+    mask = checked_mask(frame, pixels.shape)
+    bounds = box_bounds(view, pixels.shape[1], pixels.shape[0])
+    count_lo = first_counted_rows(bounds)
+    saturation = saturation_threshold(frame)
+    values = np.empty((view.height_px, view.width_px), dtype=pixels.dtype)
+    flags = np.empty((view.height_px, view.width_px), dtype=np.uint8)
+    saturated_per_row = np.empty(view.height_px, dtype=np.int64)
+    has_mask = mask is not None
+    mask_arg = mask if mask is not None else np.zeros((1, 1), dtype=np.uint8)
+
+    def pool_rows(start: int, stop: int) -> None:
+        rows = slice(start, stop)
+        kernels.max_pool_2d(
+            pixels, mask_arg, has_mask,
+            bounds.row_lo[rows], bounds.row_hi[rows], count_lo[rows],
+            bounds.col_lo, bounds.col_hi, saturation,
+            values[rows], flags[rows], saturated_per_row[rows],
+        )  # fmt: skip
+
+    rows_read = int(bounds.row_hi[-1] - bounds.row_lo[0])
+    cols_read = int(bounds.col_hi[-1] - bounds.col_lo[0])
+    work_px = max(rows_read * cols_read, values.size)
+    run_blocks(pool_rows, row_blocks(view.height_px, work_px))
+    return Reduced(values, flags, int(saturated_per_row.sum()), view)
+
+
+def saturation_threshold(frame: Frame) -> int:
+    """The file's saturation value, else one below the marker: the top real value saturates."""
+    top = int(np.iinfo(frame.pixels.dtype).max)
+    value = frame.meta.saturation_value
+    return top - 1 if value is None else min(max(int(value), 0), top)
+
+
+def first_counted_rows(bounds: BoxBounds) -> npt.NDArray[np.int64]:
+    """For each output row, the first source row whose saturated pixels it counts.
+
+    Magnified rows share source rows; counting from the previous row's end keeps every
+    source pixel counted once.
+    """
+    previous_hi = np.concatenate(([0], bounds.row_hi[:-1]))
+    return np.maximum(bounds.row_lo, previous_hi)
+
+
+def checked_pixels(frame: Frame) -> PixelArray:
+    pixels = frame.pixels
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.uint32) or 0 in pixels.shape:
+        raise CorruptFrameError(
+            f"{frame.path} frame {frame.number}: pixels are {pixels.dtype} {pixels.shape},"
+            " expected a non-empty 2-D uint16 or uint32 image"
+        )
+    return cast(PixelArray, np.ascontiguousarray(pixels))
+
+
+def checked_mask(frame: Frame, shape: tuple[int, ...]) -> MaskArray | None:
+    mask = frame.mask
+    if mask is None:
+        return None
+    if mask.shape != shape:
+        raise CorruptFrameError(
+            f"{frame.path}: pixel mask is {mask.shape[::-1]} but the frame is {shape[::-1]}"
+        )
+    if mask.dtype != np.uint8 or not mask.flags.c_contiguous:
+        return np.ascontiguousarray(mask != 0).view(np.uint8)
+    return mask
+
+
+def row_blocks(n_rows: int, work_px: int) -> list[tuple[int, int]]:
+    """Split output rows into one block per thread when the job is large, else one block."""
+    n_blocks = min(THREADS, n_rows) if work_px >= MIN_PARALLEL_PX else 1
+    edges = np.linspace(0, n_rows, max(n_blocks, 1) + 1).astype(int).tolist()
+    return list(itertools.pairwise(edges))
+
+
+def run_blocks(work: RowWork, blocks: list[tuple[int, int]]) -> None:
+    """Call work(start, stop) for every block: the first in this thread, the rest on the pool."""
+    futures = [_thread_pool().submit(work, start, stop) for start, stop in blocks[1:]]
+    try:
+        work(*blocks[0])
+    finally:
+        for future in futures:
+            future.result()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    """The process's pool, made on first use so a forking parent (the zygote) holds no threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="reduce")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of its parent's threads: start a fresh pool when needed."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def warm_up() -> None:
+    """Run every kernel specialisation once on tiny arrays.
+
+    Importing `kernels` compiles each signature or loads it from numba's disk cache (about
+    5 s cold, 0.2 s warm; where the cache lives is explained in `kernels._jit`); this first
+    call then does the remaining per-function setup (a few ms), so that a worker forked after
+    it serves its first request as fast as later ones. It starts no threads.
+    """
+    mask = np.zeros((2, 2), dtype=np.uint8)
+    lo, hi = np.array([0], dtype=np.int64), np.array([2], dtype=np.int64)
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    rgb = np.zeros(3, dtype=np.uint8)
+    for dtype in (np.uint16, np.uint32):
+        values = np.zeros((1, 1), dtype=dtype)
+        flags = np.zeros((1, 1), dtype=np.uint8)
+        for has_mask in (False, True):
+            kernels.max_pool_2d(
+                np.zeros((2, 2), dtype=dtype), mask, has_mask, lo, hi, lo, lo, hi, 1,
+                values, flags, np.zeros(1, dtype=np.int64),
+            )  # fmt: skip
+        kernels.map_to_rgb(values, flags, 0, 1, lut, rgb, rgb, np.zeros((1, 1, 3), np.uint8))
+        ints, floats = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64)
+        kernels.shell_moments(
+            values, flags, 0, 0.0, 0.0, 0.0, 1.0, flags.copy(), ints, ints, floats, ints, ints
+        )
+        kernels.shell_deviations(values, flags, flags.copy(), floats, floats, floats, ints)

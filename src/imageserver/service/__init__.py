@@ -1,0 +1,1 @@
+"""The service tier: request parsing, session checks, Unix identities, jobs and processes."""

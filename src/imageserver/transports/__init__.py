@@ -1,0 +1,1 @@
+"""Sockets and wire frames: how requests reach the service and replies leave it."""

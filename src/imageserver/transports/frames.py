@@ -1,0 +1,55 @@
+"""Legacy multipart frames: the only place that knows their order (reference §1.4).
+
+A request as the manager's ROUTER receives it is ``[routing ids…] [""] [JSON] [extra…]``:
+the envelope is every frame up to and including the first empty one (no hop limit). Replies
+travel back behind the same envelope: an error is one text frame; success starts with an
+empty frame (``["", job, meta, jpeg]`` for jpeg, ``["", job, meta]`` for spots and meta).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_ERROR_BYTES = 4094
+"""The legacy error buffer: longer texts are cut, clients never saw more."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A request split into the envelope to answer on and the payload to work on.
+
+    ``problem`` is set (and ``payload`` empty) when the frames are not a valid request; the
+    envelope is then the best route back: every frame but the last when there is no
+    delimiter, so a DEALER peer behind the proxy still gets its one reply.
+    """
+
+    envelope: tuple[bytes, ...]
+    payload: bytes
+    extra_frames: int = 0
+    problem: str | None = None
+
+
+def split_request(frames: Sequence[bytes]) -> Incoming:
+    for index, frame in enumerate(frames):
+        if frame == b"":
+            envelope = tuple(frames[: index + 1])
+            rest = frames[index + 1 :]
+            if not rest:
+                return Incoming(envelope, b"", problem="request has no payload after the delimiter")
+            return Incoming(envelope, bytes(rest[0]), extra_frames=len(rest) - 1)
+    envelope = tuple(frames[:-1]) if len(frames) > 1 else tuple(frames)
+    return Incoming(envelope, b"", problem="request has no empty delimiter frame")
+
+
+def error_frames(text: str) -> list[bytes]:
+    """A legacy error reply body: one plain-text frame, cut to the legacy buffer size."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) > MAX_ERROR_BYTES:
+        data = data[:MAX_ERROR_BYTES].decode("utf-8", errors="ignore").encode("utf-8")
+    return [data or b"error"]
+
+
+def success_frames(*parts: bytes) -> list[bytes]:
+    """A legacy success reply body: the empty error slot, then the parts."""
+    return [b"", *parts]

@@ -1,0 +1,36 @@
+"""The front proxy: clients' REQ sockets on a ROUTER, image servers dialling in to a DEALER.
+
+Data nodes connect out to the proxy (nothing dials into them), so the proxy binds both
+sides. Several servers may connect; the DEALER spreads requests over them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+
+def run_proxy(
+    front_endpoints: list[str], back_endpoints: list[str], context: zmq.Context | None = None
+) -> None:
+    """Bind and relay until the context is terminated (clean stop) or interrupted."""
+    ctx = context or zmq.Context.instance()
+    front = ctx.socket(zmq.ROUTER)
+    back = ctx.socket(zmq.DEALER)
+    try:
+        for sock in (front, back):
+            sock.setsockopt(zmq.LINGER, 0)
+        for endpoint in front_endpoints:
+            front.bind(endpoint)
+        for endpoint in back_endpoints:
+            back.bind(endpoint)
+        log.info("proxy: clients on %s, servers on %s", front_endpoints, back_endpoints)
+        zmq.proxy(front, back)
+    except zmq.ContextTerminated:
+        log.info("proxy stopped")
+    finally:
+        front.close(0)
+        back.close(0)
