@@ -129,7 +129,7 @@ def test_native_fields_use_the_1_8_table_with_typed_values(
 
     assert native["software_version"] == "1.8.0"
     assert native["definition"] == "NXmx"
-    assert native["description"] == "Dectris EIGER2 Si 500K"
+    assert native["description"] == "Dectris EIGER2 Si 2M"
     assert native["nimages"] == 5 and type(native["nimages"]) is int
     assert native["x_pixels_in_detector"] == 1100
     assert native["image_depth"] == 4
@@ -312,7 +312,7 @@ def test_signed_and_big_endian_pixels_become_native_unsigned(
 
     assert frame.pixels.dtype == np.dtype(expected_type)
     assert frame.meta.bit_depth == np.dtype(expected_type).itemsize * 8
-    expected = np.where(values[0] < 0, np.iinfo(expected_type).max, values[0])
+    expected = np.where(values[0] < 0, np.iinfo(np.dtype(expected_type)).max, values[0])
     np.testing.assert_array_equal(frame.pixels, expected)
 
 
@@ -322,7 +322,7 @@ def test_unsupported_pixel_types_are_refused_clearly(
 ) -> None:
     path = write_nexus_data(tmp_path / "odd.h5", np.zeros((1, 4, 4), dtype=dtype))
 
-    with pytest.raises(CorruptFrameError, match=rf"odd\.h5: pixels stored as .* not supported"):
+    with pytest.raises(CorruptFrameError, match=r"odd\.h5: pixels stored as .* not supported"):
         eiger_reader.read_meta(path)
 
 
@@ -430,6 +430,18 @@ def test_a_missing_data_file_spoils_only_its_own_frames(
     assert eiger_reader.read_frame(eiger_copy, 3).number == 3
 
 
+def test_a_data_file_deleted_after_the_walk(eiger_copy: Path, eiger_reader: EigerReader) -> None:
+    assert eiger_reader.read_frame(eiger_copy, 3).number == 3  # layout and handle cached
+    eiger_copy.with_name("series_data_000002.h5").unlink()
+
+    with pytest.raises(
+        FileMissingError,
+        match=r"frame 4 cannot be read: .*series_data_000002\.h5: linked data file does not",
+    ):
+        eiger_reader.read_frame(eiger_copy, 4)
+    assert eiger_reader.read_frame(eiger_copy, 1).number == 1
+
+
 def stored_frames_of(master: Path, moved_data_file: Path, number: int) -> np.ndarray:
     """Frame ``number`` read straight from the data file that holds it (not the moved one)."""
     for path in master.parent.glob("series_data_*.h5"):
@@ -504,9 +516,9 @@ def test_random_damage_inside_a_chunk_never_crashes(
     data_file = eiger_copy.with_name("series_data_000003.h5")
     offset, size = first_chunk(data_file)
     rng = np.random.default_rng(7)
-    outcomes = set()
+    outcomes: set[object] = set()
     for trial in range(12):
-        position = offset + int(rng.integers(12, size))
+        position = offset + int(rng.integers(12, size - 64))
         corrupt_bytes(data_file, position, rng.bytes(int(rng.integers(1, 64))))
         os.utime(data_file, ns=(trial, trial))  # a new identity, so no stale handle is reused
         try:
@@ -588,10 +600,13 @@ def test_frames_reuse_the_parsed_layout_and_open_handles(eiger_series: Path) -> 
 def test_a_rewritten_series_is_read_afresh(eiger_copy: Path, eiger_reader: EigerReader) -> None:
     before = eiger_reader.read_frame(eiger_copy, 1).pixels
     data_file = eiger_copy.with_name("series_data_000001.h5")
-    stat = data_file.stat()
-    with h5py.File(data_file, "r+") as f:
+    replacement = data_file.with_suffix(".new")
+    shutil.copy2(data_file, replacement)
+    with h5py.File(replacement, "r+") as f:
         f["/entry/data/data"][0] = f["/entry/data/data"][1]
-    os.utime(data_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    mtime_ns = data_file.stat().st_mtime_ns + 10**9
+    os.utime(replacement, ns=(mtime_ns, mtime_ns))
+    replacement.replace(data_file)  # a new series written under the same name
 
     after = eiger_reader.read_frame(eiger_copy, 1).pixels
 
@@ -606,7 +621,9 @@ def test_many_threads_read_while_handles_are_evicted(eiger_series: Path) -> None
     numbers = [1 + i % 5 for i in range(120)]
 
     def read(number: int) -> bool:
-        return bool(np.array_equal(reader.read_frame(eiger_series, number).pixels, expected[number]))
+        return bool(
+            np.array_equal(reader.read_frame(eiger_series, number).pixels, expected[number])
+        )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(read, numbers, timeout=120))

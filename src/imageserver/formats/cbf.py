@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,34 +75,50 @@ class CbfReader:
 
     def read_meta(self, path: Path) -> FrameMeta:
         text = read_head(path, _META_HEAD_BYTES).head
-        section = text.find(_BINARY_SECTION)
-        if section < 0 or text.find(_BINARY_START, section) < 0:
+        starts_at = text.find(_BINARY_SECTION)
+        if starts_at < 0 or text.find(_BINARY_START, starts_at) < 0:
             text = read_bytes(path)  # a text header longer than the head, or a broken file
-        header = _binary_header(text, path)
+        section = _binary_section(text, path)
         image = _fabio_image(text, path, header_only=True)
-        return _cbf_meta(path, image.header, header)
+        return _cbf_meta(path, image.header, section)
 
     def read_frame(self, path: Path, number: int) -> Frame:
         if number != 1:
             raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")
         content = read_bytes(path)
-        header = _binary_header(content, path)
-        _check_binary(content, header, path)
+        section = _binary_section(content, path)
+        _check_binary(content, section, path)
         image = _fabio_image(content, path, header_only=False)
         pixels = _unsigned_with_marker(image.data)
-        meta = _cbf_meta(path, image.header, header)
+        meta = _cbf_meta(path, image.header, section)
         return Frame(pixels=pixels, mask=None, meta=meta, number=number, path=path)
 
 
-def _binary_header(content: bytes, path: Path) -> dict[str, str]:
-    """The MIME fields of the binary section, plus "_data_offset" where the data starts."""
+@dataclass(frozen=True)
+class _BinarySection:
+    """The MIME fields of the binary section and the offset where its data starts."""
+
+    fields: dict[str, str]
+    data_offset: int
+
+    @property
+    def width_px(self) -> int:
+        return int(self.fields["X-Binary-Size-Fastest-Dimension"])
+
+    @property
+    def height_px(self) -> int:
+        return int(self.fields["X-Binary-Size-Second-Dimension"])
+
+
+def _binary_section(content: bytes, path: Path) -> _BinarySection:
+    """The binary section's MIME header, checked enough that fabio cannot hang on it."""
     section = content.find(_BINARY_SECTION)
     if section < 0:
         raise CorruptFrameError(f"{path}: CBF has no binary section (truncated or not an image)")
     start = content.find(_BINARY_START, section)
     if start < 0:
         raise CorruptFrameError(f"{path}: truncated CBF: the binary section header is cut off")
-    fields: dict[str, str] = {"_data_offset": str(start + len(_BINARY_START))}
+    fields: dict[str, str] = {}
     for line in content[section:start].decode("latin-1").splitlines()[1:]:
         key, colon, value = line.partition(":")
         if colon:
@@ -115,11 +132,12 @@ def _binary_header(content: bytes, path: Path) -> dict[str, str]:
     ):
         if not fields.get(key, "").isdigit():
             raise CorruptFrameError(f"{path}: CBF binary header lacks a valid {key}")
-    return fields
+    return _BinarySection(fields, start + len(_BINARY_START))
 
 
-def _check_binary(content: bytes, header: dict[str, str], path: Path) -> None:
+def _check_binary(content: bytes, section: _BinarySection, path: Path) -> None:
     """Reject what fabio would decode wrongly: short data, other encodings or types."""
+    header = section.fields
     if header.get("conversions") != "x-CBF_BYTE_OFFSET":
         raise CorruptFrameError(
             f"{path}: CBF compression {header.get('conversions')!r} is not supported "
@@ -130,7 +148,7 @@ def _check_binary(content: bytes, header: dict[str, str], path: Path) -> None:
             f"{path}: CBF element type {header['X-Binary-Element-Type']!r} is not supported "
             f"({_INT32} only)"
         )
-    have = len(content) - int(header["_data_offset"])
+    have = len(content) - section.data_offset
     need = int(header["X-Binary-Size"])
     if have < need:
         raise CorruptFrameError(f"{path}: truncated CBF: {have} of {need} bytes of binary data")
@@ -153,7 +171,7 @@ def _unsigned_with_marker(signed: npt.NDArray[np.int32]) -> npt.NDArray[np.uint3
     return pixels
 
 
-def _cbf_meta(path: Path, cif: dict[str, Any], binary: dict[str, str]) -> FrameMeta:
+def _cbf_meta(path: Path, cif: dict[str, Any], section: _BinarySection) -> FrameMeta:
     pilatus = _pilatus_values(str(cif.get("_array_data.header_contents", "")))
     imgcif = _imgcif_values(cif)
     pixel = pilatus.get("pixel_size") or imgcif.get("pixel_size") or (None, None)
@@ -181,8 +199,8 @@ def _cbf_meta(path: Path, cif: dict[str, Any], binary: dict[str, str]) -> FrameM
     }
     return FrameMeta(
         format_name=CbfReader.format_name,
-        width_px=int(binary["X-Binary-Size-Fastest-Dimension"]),
-        height_px=int(binary["X-Binary-Size-Second-Dimension"]),
+        width_px=section.width_px,
+        height_px=section.height_px,
         bit_depth=32,
         beam_center_x_px=beam[0],
         beam_center_y_px=beam[1],

@@ -90,6 +90,7 @@ class _Layout:
     is re-walked when a frame needs one of them: the detector may still be writing it.
     """
 
+    key: FileKey
     meta: FrameMeta
     entries: tuple[_Segment | _Unavailable, ...]
     mask: MaskArray | None
@@ -128,8 +129,8 @@ class EigerReader:
     def read_frame(self, path: Path, number: int) -> Frame:
         layout = self._layout(path)
         found = _find_entry(layout, number, path)
-        data_key = _stat(found.path, path) if isinstance(found, _Segment) else None
-        if isinstance(found, _Unavailable) or (data_key is not None and data_key != found.key):
+        data_key = _unchanged_key(found)
+        if data_key is None:
             # The data file appeared, vanished or was rewritten since the walk: walk again.
             layout = self._layout(path, stale=layout)
             found = _find_entry(layout, number, path)
@@ -137,8 +138,9 @@ class EigerReader:
                 raise type(found.error)(
                     f"{path}: frame {number} cannot be read: {found.error}"
                 ) from found.error
-            data_key = _stat(found.path, path)
-        stored = self._read_stored(found, data_key or found.key, number)
+            data_key = _unchanged_key(found) or _stat(found.path, path)
+        assert isinstance(found, _Segment)  # an _Unavailable never has a current key
+        stored = self._read_stored(found, data_key, number)
         pixels = _to_pixels(stored, layout.pixel_dtype)
         return Frame(pixels=pixels, mask=layout.mask, meta=layout.meta, number=number, path=path)
 
@@ -173,11 +175,11 @@ class EigerReader:
                 native=native,
                 **asdict(read_header_geometry(f)),
             )
-            if stale is not None and stale.meta.width_px == width_px:
-                mask = stale.mask  # same master file, so the same mask: skip a 16M read
+            if stale is not None and stale.key == key and stale.meta.width_px == width_px:
+                mask = stale.mask  # the same master file holds the same mask: skip a 16M read
             else:
                 mask = _read_mask(f.get(MASK_PATH), (height_px, width_px), path)
-        return _Layout(meta, tuple(entries), mask, pixel_dtype)
+        return _Layout(key, meta, tuple(entries), mask, pixel_dtype)
 
     def _walk_data(self, f: h5py.File, key: FileKey) -> list[_Segment | _Unavailable]:
         """Image stacks under /entry/data in name order, numbered across files."""
@@ -286,16 +288,28 @@ def _find_entry(layout: _Layout, number: int, path: Path) -> _Segment | _Unavail
     )
 
 
+def _unchanged_key(found: _Segment | _Unavailable) -> FileKey | None:
+    """The data file's identity if it is still the file the layout describes, else None."""
+    if isinstance(found, _Unavailable):
+        return None
+    try:
+        key = file_key(found.path)
+    except OSError:
+        return None
+    return key if key == found.key else None
+
+
 def _frame_range(
-    segments: list[_Segment], native: dict[str, object], has_missing: bool
+    segments: list[_Segment], native: dict[str, object], has_unavailable: bool
 ) -> tuple[int, int]:
-    """From the data files; with some absent, nimages × ntrigger bounds what they may hold."""
+    """From the data files; with some unreadable, a Dectris series 1..nimages × ntrigger."""
     first = min((s.first for s in segments), default=1)
     last = max((s.last for s in segments), default=first)
-    if has_missing or not segments:
+    if has_unavailable or not segments:
+        first = min(first, 1)
         nimages, ntrigger = native.get("nimages"), native.get("ntrigger", 1)
         if isinstance(nimages, int) and isinstance(ntrigger, int) and nimages > 0:
-            last = max(last, first + nimages * max(ntrigger, 1) - 1)
+            last = max(last, nimages * max(ntrigger, 1))
     return first, last
 
 

@@ -59,7 +59,7 @@ def write_eiger_series(
         raise ValueError(f"an Eiger writes 16- or 32-bit images, not {bit_depth}-bit")
     if n_frames < 1:
         raise ValueError(f"a series needs at least one frame, not {n_frames}")
-    per_file = frames_per_file or math.ceil(n_frames / 2)
+    per_file = math.ceil(n_frames / 2) if frames_per_file is None else frames_per_file
     if per_file < 1:
         raise ValueError(f"frames_per_file must be positive, not {frames_per_file}")
     directory.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,8 @@ def eiger_pixel_mask(width_px: int, height_px: int, seed: int) -> npt.NDArray[np
     n_sensitive = gaps.size - int(np.count_nonzero(gaps))
     n_dead = min(_DEAD_PIXELS, max(1, n_sensitive // 1000))
     n_hot = min(_HOT_PIXELS, max(1, n_sensitive // 1000))
+    if n_dead + n_hot > n_sensitive:  # a detector of a pixel or two: nothing to spoil
+        n_dead = n_hot = 0
     chosen = _distinct_sensitive_pixels(gaps.reshape(-1), n_dead + n_hot, seed)
     flat = mask.reshape(-1)
     flat[chosen[:n_dead]] = MASK_DEAD

@@ -308,11 +308,12 @@ class Manager:
             if pending.deadline > now:
                 continue
             slot = pending.worker
+            is_hung = slot is not None and request_id in slot.in_flight
             self._finish(
                 request_id,
                 error_frames(f"request timed out after {self._limits.deadline_s:g} s"),
             )
-            if slot is not None and request_id in slot.in_flight:
+            if slot is not None and is_hung:
                 log.error("manager: worker %s hung past the deadline; replacing it", slot.pid)
                 self._terminate(slot, signal.SIGKILL)
                 self._retire(slot, "the worker was restarted after another request hung")
