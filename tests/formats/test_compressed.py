@@ -152,3 +152,16 @@ def test_empty_file_has_an_empty_head(tmp_path: Path) -> None:
     head = read_head(path)
     assert (head.head, head.compression) == (b"", None)
     assert read_bytes(path) == b""
+
+
+def test_a_fifo_is_refused_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    import os
+
+    from imageserver.errors import UnknownFormatError
+    from imageserver.formats.compressed import read_bytes, read_head
+
+    fifo = tmp_path / "frame.cbf"
+    os.mkfifo(fifo)
+    for read in (read_head, read_bytes):
+        with pytest.raises(UnknownFormatError, match="not a regular file"):
+            read(fifo)

@@ -79,7 +79,8 @@ def test_pixels_match_pillow_and_header_statistics(mccd: Path) -> None:
     frame = open_frame(mccd, 1)
     with Image.open(mccd) as image:
         reference = np.asarray(image).astype(np.uint16)
-    assert frame.pixels.dtype == np.uint16 and frame.pixels.shape == (SIZE_PX, SIZE_PX)
+    # widened to uint32 so that 65535 (an overload) is not the uint16 masked marker
+    assert frame.pixels.dtype == np.uint32 and frame.pixels.shape == (SIZE_PX, SIZE_PX)
     assert frame.pixels.dtype.isnative and frame.mask is None
     np.testing.assert_array_equal(frame.pixels, reference)
     native = frame.meta.native
@@ -183,3 +184,16 @@ def _ifd_entry_offset(content: bytes, tag: int) -> int:
         if struct.unpack_from(order + "H", content, entry)[0] == tag:
             return entry
     raise AssertionError(f"tag {tag} not in the IFD")
+
+
+def test_overloads_are_saturated_not_masked(mccd: Path) -> None:
+    from imageserver.imaging.geometry import plan_view
+    from imageserver.imaging.reduce import Flags, reduce_frame
+
+    frame = open_frame(mccd, 1)
+    reduced = reduce_frame(frame, plan_view(SIZE_PX, SIZE_PX, xsize=SIZE_PX))
+    overloads = frame.pixels == 65535
+    assert overloads.any()
+    assert (reduced.flags[overloads] == Flags.SATURATED).all()
+    assert not (reduced.flags == Flags.MASKED).any()
+    assert reduced.saturated_source_px == int(overloads.sum())

@@ -10,8 +10,11 @@ errors are translated into the project's error tree here, naming the file.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
+import os
+import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,7 +72,7 @@ def suffix_of(path: Path) -> str:
 
 def read_head(path: Path, max_bytes: int = HEAD_BYTES) -> Head:
     """Up to ``max_bytes`` of the unwrapped content, decompressing only what that needs."""
-    with _os_errors(path), path.open("rb") as raw:
+    with _os_errors(path), open_regular(path) as raw:
         prefix = raw.read(6)
         kind = compression_of(prefix)
         if kind is None:
@@ -82,14 +85,31 @@ def read_head(path: Path, max_bytes: int = HEAD_BYTES) -> Head:
 
 def read_bytes(path: Path) -> bytes:
     """The whole unwrapped content; the compressed stream is decoded exactly once."""
-    with _os_errors(path):
-        stored = path.read_bytes()
+    with _os_errors(path), open_regular(path) as raw:
+        stored = raw.read()
     kind = compression_of(stored[:6])
     if kind is None:
         return stored
     with _codec_errors(path, kind):
         unwrapped: bytes = _CODECS[kind].decompress(stored)
         return unwrapped
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; refuse FIFOs and devices, which could block a worker
+    thread forever or stream without end (opening with O_NONBLOCK never waits for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise UnknownFormatError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read_unwrapped(raw: BinaryIO, kind: str, max_bytes: int) -> bytes:

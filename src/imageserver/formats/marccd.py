@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from imageserver.errors import CorruptFrameError, FrameRangeError, MissingMetadataError
 from imageserver.formats.base import HC_EV_ANGSTROM, Frame, FrameMeta
 from imageserver.formats.compressed import read_bytes, read_head
@@ -89,6 +91,10 @@ class MarCCDReader:
         layout = parse_tiff_layout(content, path)
         meta = _marccd_meta(path, content, layout)
         pixels = read_tiff_pixels(content, layout, meta.bit_depth, path)
+        if pixels.dtype == np.uint16:
+            # MAR CCD has no gap marker: its 65535 is an overload, which must stay a value
+            # (saturated, red) rather than the uint16 masked marker of the Frame contract.
+            pixels = pixels.astype(np.uint32)
         return Frame(pixels=pixels, mask=None, meta=meta, number=number, path=path)
 
 
