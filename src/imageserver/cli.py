@@ -64,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="write sample data and render views of it (the main job)")
+    demo = sub.add_parser(
+        "demo", help="the whole service on sample data with a private Redis (the main job)"
+    )
     demo.add_argument("directory", nargs="?", type=Path, default=Path("sample-data"))
     demo.add_argument("--frames", type=int, default=4, help="frames per Eiger series")
+    demo.add_argument("--once", action="store_true", help="stop after the sample requests")
     demo.set_defaults(command=run_demo)
 
     sample = sub.add_parser("sample-data", help="write a realistic synthetic dataset")
@@ -279,7 +282,7 @@ def run_session_create(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    return demo(args.directory, n_frames=args.frames)
+    return demo(args.directory, n_frames=args.frames, keep_serving=not args.once)
 
 
 if __name__ == "__main__":  # pragma: no cover

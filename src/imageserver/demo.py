@@ -1,76 +1,238 @@
-"""The main job on embedded defaults: write sample data, render views of it, say what was done.
+"""The main job on embedded defaults: the whole service on one machine, with sample data.
 
-It shows the whole imaging core on a fresh machine with nothing but this package: every
-format's sample file rendered, a zoomed tile, a colour map, thumbnails of every frame.
+It starts a private Redis, writes sample detector files, a signing key pair and a signed
+session, starts the proxy and the manager on local sockets, sends a few requests through the
+whole chain (printing what came back and how long it took), and then keeps serving until
+Ctrl-C, when it stops everything it started. No root is needed; started as root it makes an
+unprivileged demo account, because the server never runs requests as root.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from imageserver.formats import read_meta
-from imageserver.imaging.reduce import warm_up
-from imageserver.render import Look, ViewSpec, render_file
-from imageserver.sampledata.dataset import EIGER16M_MASTER, write_sample_data
-from imageserver.thumbnails import make_thumbnails
+from imageserver.client import Reply, ReplyTimeoutError, send_request
+from imageserver.config import load_settings
+from imageserver.embedded_redis import EmbeddedRedis
+from imageserver.sampledata.dataset import EIGER16M_MASTER, PILATUS_CBF, write_sample_data
+from imageserver.service.auth import (
+    connect_session_store,
+    generate_keypair,
+    load_private_key,
+    sign_isauth,
+    write_session,
+)
 
 _READY_MARK = ".sample-data-complete"
+DEMO_ACCOUNT = "imageserver-demo"
+START_DEADLINE_S = 120.0
 
 
-def run_demo(directory: Path, *, n_frames: int = 4) -> int:
+def run_demo(directory: Path, *, n_frames: int = 4, keep_serving: bool = True) -> int:
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    _write_sample_data_once(directory, n_frames)
+    user = _demo_user(directory)
+    redis_server = EmbeddedRedis(directory / "redis").start()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        config = _write_config(directory, redis_server.url)
+        settings = load_settings(config)
+        for role in ("proxy", "serve"):
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "imageserver", role, "--config", str(config)],
+                    stdout=(directory / f"{role}.log").open("ab"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        pid = _create_session(directory, settings, user)
+        front = settings.proxy.front_endpoint
+        _wait_until_serving(front, processes)
+        print(f"service up: proxy {front}, session Redis {redis_server.url}, user {user}")
+        _show_requests(directory, front, pid)
+        print(
+            "\nsend your own (another terminal):\n"
+            f"  .venv/bin/imageserver request --endpoint {front} \\\n"
+            f'    \'{{"type":"jpeg","pid":"{pid}","fn":"{directory / EIGER16M_MASTER}",'
+            f'"frame":2,"xsize":800,"zoom":2,"segcol":1,"segrow":0}}\' -o view.jpg\n'
+            f"logs: {directory}/proxy.log, {directory}/serve.log"
+        )
+        if keep_serving:
+            print("serving until Ctrl-C ...", flush=True)
+            _wait_for_interrupt(processes)
+        return 0
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        redis_server.stop()
+        print("stopped proxy, server and Redis")
+
+
+def _write_sample_data_once(directory: Path, n_frames: int) -> None:
     mark = directory / _READY_MARK
-    if not mark.exists():
-        print(f"writing sample data to {directory}/ (one-time, about a minute) ...", flush=True)
-        started = time.perf_counter()
-        write_sample_data(directory, n_frames=n_frames)
-        mark.write_text("ok\n")
-        print(f"  done in {time.perf_counter() - started:.1f} s")
-    warm_up()
+    if mark.exists():
+        return
+    print(f"writing sample data to {directory}/ (once; about a minute) ...", flush=True)
+    started = time.perf_counter()
+    write_sample_data(directory, n_frames=n_frames)
+    mark.write_text("ok\n")
+    for path in directory.iterdir():
+        path.chmod(0o644 if path.is_file() else 0o755)
+    print(f"  done in {time.perf_counter() - started:.1f} s")
+
+
+def _demo_user(directory: Path) -> str:
+    """The login whose session the demo signs: yourself, or a demo account when root."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.getuid()).pw_name
+    try:
+        pwd.getpwnam(DEMO_ACCOUNT)
+    except KeyError:
+        home = directory / "demo-home"
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--create-home",
+                "--home-dir",
+                str(home),
+                "--shell",
+                "/usr/sbin/nologin",
+                DEMO_ACCOUNT,
+            ],
+            check=True,
+        )
+        print(f"created the unprivileged account {DEMO_ACCOUNT} (requests never run as root)")
+    return DEMO_ACCOUNT
+
+
+def _write_config(directory: Path, redis_url: str) -> Path:
+    keys = directory / "keys"
+    keys.mkdir(exist_ok=True)
+    if not (keys / "signing.pem").exists():
+        generate_keypair(keys / "signing.pem", keys / "session.pub.pem")
+    config = directory / "imageserver-demo.toml"
+    config.write_text(
+        "# Written by `imageserver demo`; see docs/configuration.md for every key.\n"
+        "[proxy]\n"
+        f'front_endpoint = "ipc://{directory}/front.sock"\n'
+        f'back_endpoint = "ipc://{directory}/back.sock"\n'
+        "[session]\n"
+        f'redis_url = "{redis_url}"\n'
+        f'public_key_path = "{keys / "session.pub.pem"}"\n'
+        "[cache]\n"
+        f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n'
+    )
+    return config
+
+
+def _create_session(directory: Path, settings: Any, user: str) -> str:
+    pid = secrets.token_hex(16)
+    isauth = {"pid": pid, "uid": user, "allowedESAFs": []}
+    text, signature = sign_isauth(isauth, load_private_key(directory / "keys" / "signing.pem"))
+    write_session(connect_session_store(settings), pid, text, signature, None)
+    return pid
+
+
+def _wait_until_serving(front: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + START_DEADLINE_S
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise SystemExit(f"a service process exited at start ({process.args})")
+        try:
+            reply = send_request(front, {"type": "meta", "pid": "probe"}, timeout_s=1.0)
+        except ReplyTimeoutError:
+            continue
+        if reply.error is not None:
+            return
+    raise SystemExit("the service did not start in time; see the logs")
+
+
+def _show_requests(directory: Path, front: str, pid: str) -> None:
     views = directory / "views"
     views.mkdir(exist_ok=True)
-    master = directory / EIGER16M_MASTER
-    jobs: list[tuple[str, ViewSpec, Look]] = [
+    master = str(directory / EIGER16M_MASTER)
+    requests: list[tuple[str, dict[str, Any]]] = [
         (
             "eiger16m_frame1.jpg",
-            ViewSpec(master, frame=1, xsize=1024),
-            Look(label="Eiger2 X 16M", label_height_px=16),
+            {
+                "type": "jpeg",
+                "fn": master,
+                "xsize": 1024,
+                "label": "Eiger2 X 16M",
+                "labelHeight": 16,
+            },
         ),
-        ("eiger16m_frame2_heat.jpg", ViewSpec(master, frame=2, xsize=1024), Look(colormap="heat")),
+        (
+            "eiger16m_frame1_contrast.jpg",
+            {"type": "jpeg", "fn": master, "xsize": 1024, "contrast": 40, "wval": 0},
+        ),
+        (
+            "eiger16m_frame2_heat.jpg",
+            {"type": "jpeg", "fn": master, "frame": 2, "xsize": 1024, "colormap": "heat"},
+        ),
         (
             "eiger16m_zoom4_tile_1_1.jpg",
-            ViewSpec(master, frame=1, xsize=512, zoom=4, segcol=1, segrow=1),
-            Look(),
+            {"type": "jpeg", "fn": master, "xsize": 512, "zoom": 4, "segcol": 1, "segrow": 1},
         ),
+        ("pilatus6m.jpg", {"type": "jpeg", "fn": str(directory / PILATUS_CBF), "xsize": 1024}),
+        ("missing.jpg", {"type": "jpeg", "fn": str(directory / "no-such-file.cbf"), "xsize": 256}),
+        ("", {"type": "spots", "fn": master, "frame": 2}),
+        ("", {"type": "meta", "fn": master}),
     ]
-    for sample in sorted(directory.iterdir()):
-        is_sample = sample.is_file() and not sample.name.startswith(".")
-        if is_sample and "_data_" not in sample.name and sample.name != EIGER16M_MASTER:
-            jobs.append((f"{sample.name}.jpg", ViewSpec(sample, xsize=1024), Look()))
-    print(f"rendering views into {views}/")
-    for name, spec, look in jobs:
+    print(f"requests through proxy → manager → worker (images in {views}/):")
+    for name, request in requests:
         started = time.perf_counter()
-        image, reduced = render_file(spec, look)
+        reply = send_request(front, {**request, "pid": pid, "tag": name or request["type"]})
         elapsed_ms = (time.perf_counter() - started) * 1000
-        (views / name).write_bytes(image.data)
         print(
-            f"  {name:<36} {image.width_px}×{image.height_px}  {elapsed_ms:6.1f} ms  "
-            f"black {image.levels.black} white {image.levels.white}  "
-            f"spots {reduced.stats.spots}"
+            f"  {request['type']:<5} {name or request['fn']:<32} {elapsed_ms:7.1f} ms  "
+            f"{_summary(reply)}"
         )
-    meta = read_meta(master)
-    print(
-        f"{master.name}: {meta.width_px}×{meta.height_px} px, {meta.bit_depth}-bit, "
-        f"frames {meta.first_frame}..{meta.last_frame}, beam centre "
-        f"({meta.beam_center_x_px}, {meta.beam_center_y_px}) px, "
-        f"{meta.wavelength_a} Å, {meta.distance_m} m"
+        if name and reply.image is not None:
+            (views / name).write_bytes(reply.image)
+
+
+def _summary(reply: Reply) -> str:
+    if reply.error is not None:
+        return f"error: {reply.error}"
+    job, meta = reply.job, reply.meta
+    if "error" in job:
+        return f"blank image: {job['error']}"
+    if "bval_used" in job:
+        return (
+            f"{len(reply.image or b'')} bytes, black {job['bval_used']} "
+            f"white {job['wval_used']}, spots {meta.get('spots')}"
+        )
+    if "spots" in meta:
+        return f"{meta['spots']} spots in frame {meta['frame']}"
+    return (
+        f"{meta.get('x_pixels_in_detector')}×{meta.get('y_pixels_in_detector')} px, "
+        f"frames {meta.get('first_frame')}..{meta.get('last_frame')}, "
+        f"{meta.get('wavelength')} Å"
     )
-    report = make_thumbnails([directory], out_dir=directory / "thumbnails", size_px=256)
-    print(report.summary())
-    print(
-        "try: imageserver jpeg "
-        f"{master} --frame 2 --size 800 --zoom 2 --segcol 0 --segrow 1 -o view.jpg\n"
-        f"     imageserver meta {master} --frame 2"
-    )
-    return 0 if not report.failures else 1
+
+
+def _wait_for_interrupt(processes: list[subprocess.Popen[bytes]]) -> None:
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        print("a service process ended; stopping")
+    except KeyboardInterrupt:
+        print()

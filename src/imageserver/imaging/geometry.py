@@ -39,7 +39,7 @@ class View:
     segrow: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class BoxBounds:
     """Output pixel (r, c) reads rows [row_lo[r], row_hi[r]) × cols [col_lo[c], col_hi[c])."""
 

@@ -44,7 +44,7 @@ class Flags:
     """A usable source pixel reached saturation; the value is still the true maximum."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class Reduced:
     """A view at full bit depth: values in the source dtype, flags, and what it shows."""
 

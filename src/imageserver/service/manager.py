@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -82,8 +83,10 @@ class Manager:
         zygote: ZygoteClient,
         limits: ManagerLimits,
         context: zmq.Context | None = None,
+        worker_extras: Callable[[Identity], dict[str, Any]] | None = None,
     ) -> None:
         self._admit = admit
+        self._worker_extras = worker_extras
         self._zygote = zygote
         self._limits = limits
         self._context = context or zmq.Context()
@@ -222,6 +225,7 @@ class Manager:
                 "socket_id": socket_id.decode(),
                 "endpoint": self.worker_endpoint,
                 "threads": self._limits.worker_threads,
+                **(self._worker_extras(identity) if self._worker_extras else {}),
             },
         )
         log.info("manager: starting a worker for uid %d gid %d", identity.uid, identity.gid)
