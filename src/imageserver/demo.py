@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from imageserver.client import Reply, ReplyTimeoutError, send_request
-from imageserver.config import load_settings
+from imageserver.client import Reply
 from imageserver.embedded_redis import EmbeddedRedis
+from imageserver.local_service import LocalService
 from imageserver.sampledata.dataset import EIGER16M_MASTER, PILATUS_CBF, write_sample_data
-from imageserver.service.auth import (
-    connect_session_store,
-    generate_keypair,
-    load_private_key,
-    sign_isauth,
-    write_session,
-)
 
 _READY_MARK = ".sample-data-complete"
 DEMO_ACCOUNT = "imageserver-demo"
@@ -42,42 +32,25 @@ def run_demo(directory: Path, *, n_frames: int = 4, keep_serving: bool = True) -
     _write_sample_data_once(directory, n_frames)
     user = _demo_user(directory)
     redis_server = EmbeddedRedis(directory / "redis").start()
-    processes: list[subprocess.Popen[bytes]] = []
+    service = LocalService(directory / "service", redis_server.url)
     try:
-        config = _write_config(directory, redis_server.url)
-        settings = load_settings(config)
-        for role in ("proxy", "serve"):
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "imageserver", role, "--config", str(config)],
-                    stdout=(directory / f"{role}.log").open("ab"),
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        pid = _create_session(directory, settings, user)
-        front = settings.proxy.front_endpoint
-        _wait_until_serving(front, processes)
-        print(f"service up: proxy {front}, session Redis {redis_server.url}, user {user}")
-        _show_requests(directory, front, pid)
+        service.start()
+        pid = service.session(user, [])
+        print(f"service up: proxy {service.front}, session Redis {redis_server.url}, user {user}")
+        _show_requests(directory, service, pid)
         print(
             "\nsend your own (another terminal):\n"
-            f"  .venv/bin/imageserver request --endpoint {front} \\\n"
+            f"  .venv/bin/imageserver request --endpoint {service.front} \\\n"
             f'    \'{{"type":"jpeg","pid":"{pid}","fn":"{directory / EIGER16M_MASTER}",'
             f'"frame":2,"xsize":800,"zoom":2,"segcol":1,"segrow":0}}\' -o view.jpg\n'
-            f"logs: {directory}/proxy.log, {directory}/serve.log"
+            f"config and logs: {service.directory}/"
         )
         if keep_serving:
             print("serving until Ctrl-C ...", flush=True)
-            _wait_for_interrupt(processes)
+            _wait_for_interrupt(service)
         return 0
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        service.stop()
         redis_server.stop()
         print("stopped proxy, server and Redis")
 
@@ -121,50 +94,7 @@ def _demo_user(directory: Path) -> str:
     return DEMO_ACCOUNT
 
 
-def _write_config(directory: Path, redis_url: str) -> Path:
-    keys = directory / "keys"
-    keys.mkdir(exist_ok=True)
-    if not (keys / "signing.pem").exists():
-        generate_keypair(keys / "signing.pem", keys / "session.pub.pem")
-    config = directory / "imageserver-demo.toml"
-    config.write_text(
-        "# Written by `imageserver demo`; see docs/configuration.md for every key.\n"
-        "[proxy]\n"
-        f'front_endpoint = "ipc://{directory}/front.sock"\n'
-        f'back_endpoint = "ipc://{directory}/back.sock"\n'
-        "[session]\n"
-        f'redis_url = "{redis_url}"\n'
-        f'public_key_path = "{keys / "session.pub.pem"}"\n'
-        "[cache]\n"
-        f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n'
-    )
-    return config
-
-
-def _create_session(directory: Path, settings: Any, user: str) -> str:
-    pid = secrets.token_hex(16)
-    isauth = {"pid": pid, "uid": user, "allowedESAFs": []}
-    text, signature = sign_isauth(isauth, load_private_key(directory / "keys" / "signing.pem"))
-    write_session(connect_session_store(settings), pid, text, signature, None)
-    return pid
-
-
-def _wait_until_serving(front: str, processes: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + START_DEADLINE_S
-    while time.monotonic() < deadline:
-        for process in processes:
-            if process.poll() is not None:
-                raise SystemExit(f"a service process exited at start ({process.args})")
-        try:
-            reply = send_request(front, {"type": "meta", "pid": "probe"}, timeout_s=1.0)
-        except ReplyTimeoutError:
-            continue
-        if reply.error is not None:
-            return
-    raise SystemExit("the service did not start in time; see the logs")
-
-
-def _show_requests(directory: Path, front: str, pid: str) -> None:
+def _show_requests(directory: Path, service: LocalService, pid: str) -> None:
     views = directory / "views"
     views.mkdir(exist_ok=True)
     master = str(directory / EIGER16M_MASTER)
@@ -199,7 +129,7 @@ def _show_requests(directory: Path, front: str, pid: str) -> None:
     print(f"requests through proxy → manager → worker (images in {views}/):")
     for name, request in requests:
         started = time.perf_counter()
-        reply = send_request(front, {**request, "pid": pid, "tag": name or request["type"]})
+        reply = service.request({**request, "pid": pid, "tag": name or request["type"]})
         elapsed_ms = (time.perf_counter() - started) * 1000
         print(
             f"  {request['type']:<5} {name or request['fn']:<32} {elapsed_ms:7.1f} ms  "
@@ -229,9 +159,9 @@ def _summary(reply: Reply) -> str:
     )
 
 
-def _wait_for_interrupt(processes: list[subprocess.Popen[bytes]]) -> None:
+def _wait_for_interrupt(service: LocalService) -> None:
     try:
-        while all(process.poll() is None for process in processes):
+        while all(process.poll() is None for process in service.processes.values()):
             time.sleep(0.5)
         print("a service process ended; stopping")
     except KeyboardInterrupt:

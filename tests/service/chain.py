@@ -6,30 +6,18 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zmq
-
-from imageserver.client import Reply, send_request
-from imageserver.service.auth import (
-    connect_session_store,
-    generate_keypair,
-    load_private_key,
-    sign_isauth,
-    write_session,
-)
+from imageserver.local_service import LocalService
 
 IS_ROOT = os.geteuid() == 0
 ESAF_GROUP_PATTERN = "istest{esaf}"
-START_DEADLINE_S = 60.0
 
 
 def run_command(*command: str) -> None:
@@ -60,89 +48,19 @@ class Accounts:
             subprocess.run(["groupdel", name], capture_output=True, timeout=60)
 
 
-class Chain:
-    """proxy + manager subprocesses configured in ``directory``; sessions signed here."""
+class Chain(LocalService):
+    """The local service with test settings: short deadline, two threads, test ESAF groups."""
 
     def __init__(self, directory: Path, redis_url: str, deadline_s: float = 3.0) -> None:
-        self.directory = directory
-        self.front = f"ipc://{directory}/front"
-        self.back = f"ipc://{directory}/back"
-        generate_keypair(directory / "signing.pem", directory / "session.pub.pem")
-        self.private_key = load_private_key(directory / "signing.pem")
-        self.config = directory / "imageserver.toml"
-        self.config.write_text(
-            "[proxy]\n"
-            f'front_endpoint = "{self.front}"\nback_endpoint = "{self.back}"\n'
-            "[session]\n"
-            f'redis_url = "{redis_url}"\nredis_timeout_s = 0.5\n'
-            f'public_key_path = "{directory / "session.pub.pem"}"\n'
-            "[identity]\n"
-            f'esaf_group_pattern = "{ESAF_GROUP_PATTERN}"\n'
-            "[workers]\nthreads = 2\n"
-            f"request_deadline_s = {deadline_s}\nidle_timeout_s = 600.0\n"
+        super().__init__(
+            directory,
+            redis_url,
+            extra_config=(
+                f'[identity]\nesaf_group_pattern = "{ESAF_GROUP_PATTERN}"\n'
+                "[workers]\nthreads = 2\n"
+                f"request_deadline_s = {deadline_s}\nidle_timeout_s = 600.0\n"
+            ),
         )
-        from imageserver.config import load_settings
-
-        self.settings = load_settings(self.config)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.context = zmq.Context()
-
-    def start(self) -> None:
-        for role in ("proxy", "serve"):
-            with (self.directory / f"{role}.log").open("wb") as log:
-                self.processes[role] = subprocess.Popen(
-                    [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                )
-        deadline = time.monotonic() + START_DEADLINE_S
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                reply = self.request({"type": "jpeg", "pid": "probe"}, timeout_s=1.0)
-            except TimeoutError:
-                continue
-            if reply.error is not None and "not active" in reply.error:
-                return
-        raise AssertionError(
-            f"the service did not answer within {START_DEADLINE_S} s: {self.logs()}"
-        )
-
-    def check_alive(self) -> None:
-        for role, process in self.processes.items():
-            if process.poll() is not None:
-                raise AssertionError(f"{role} exited ({process.returncode}): {self.logs()}")
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
-            for path in sorted(self.directory.glob("*.log"))
-        )
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        self.context.term()
-
-    def session(self, user: str, esafs: list[int], **claims: Any) -> str:
-        pid = secrets.token_hex(16)
-        isauth = {"pid": pid, "uid": user, "allowedESAFs": esafs, **claims}
-        text, signature = sign_isauth(isauth, self.private_key)
-        write_session(connect_session_store(self.settings), pid, text, signature, 3600)
-        return pid
-
-    def request(self, request: dict[str, Any], timeout_s: float = 20.0) -> Reply:
-        return send_request(self.front, request, timeout_s=timeout_s, context=self.context)
-
-    def manager_pid(self) -> int:
-        return self.processes["serve"].pid
 
     def worker_pids(self) -> list[int]:
         """Workers are the children of the zygote, the manager's only child."""

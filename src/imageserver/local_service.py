@@ -1,0 +1,122 @@
+"""The whole service on one machine: signing keys, a config, proxy and manager processes.
+
+The demo, the end-to-end tests and the chain benchmarks all start the service this way, as
+separate processes talking over real sockets, exactly as it runs in production.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from imageserver.client import Reply, ReplyTimeoutError, send_request
+from imageserver.config import Settings, load_settings
+from imageserver.errors import ImageServerError
+from imageserver.service.auth import (
+    connect_session_store,
+    generate_keypair,
+    load_private_key,
+    sign_isauth,
+    write_session,
+)
+
+START_DEADLINE_S = 120.0
+
+
+class LocalServiceError(ImageServerError):
+    """The local service did not start or one of its processes ended."""
+
+
+class LocalService:
+    """proxy + manager subprocesses configured in ``directory``; sessions signed here.
+
+    ``extra_config`` is appended to the generated TOML (e.g. a ``[workers]`` table); the
+    endpoints are ipc sockets inside ``directory``.
+    """
+
+    def __init__(self, directory: Path, redis_url: str, extra_config: str = "") -> None:
+        self.directory = directory
+        self.front = f"ipc://{directory}/front.sock"
+        self.back = f"ipc://{directory}/back.sock"
+        keys = directory / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        if not (keys / "signing.pem").exists():
+            generate_keypair(keys / "signing.pem", keys / "session.pub.pem")
+        self.private_key = load_private_key(keys / "signing.pem")
+        self.config = directory / "imageserver.toml"
+        self.config.write_text(
+            "# Written by imageserver.local_service; docs/configuration.md lists every key.\n"
+            "[proxy]\n"
+            f'front_endpoint = "{self.front}"\nback_endpoint = "{self.back}"\n'
+            "[session]\n"
+            f'redis_url = "{redis_url}"\nredis_timeout_s = 0.5\n'
+            f'public_key_path = "{keys / "session.pub.pem"}"\n'
+            "[cache]\n"
+            f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n' + extra_config
+        )
+        self.settings: Settings = load_settings(self.config)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.context = zmq.Context()
+
+    def start(self) -> LocalService:
+        for role in ("proxy", "serve"):
+            with (self.directory / f"{role}.log").open("ab") as log:
+                self.processes[role] = subprocess.Popen(
+                    [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                )
+        deadline = time.monotonic() + START_DEADLINE_S
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                reply = self.request({"type": "jpeg", "pid": "probe"}, timeout_s=1.0)
+            except ReplyTimeoutError:
+                continue
+            if reply.error is not None and "not active" in reply.error:
+                return self
+        raise LocalServiceError(f"no answer within {START_DEADLINE_S:g} s:\n{self.logs()}")
+
+    def check_alive(self) -> None:
+        for role, process in self.processes.items():
+            if process.poll() is not None:
+                raise LocalServiceError(f"{role} exited ({process.returncode}):\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.directory.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self.processes.clear()
+        self.context.term()
+
+    def session(self, user: str, esafs: list[int], **claims: Any) -> str:
+        """Sign and store a session as the authentication tier would; returns its token."""
+        pid = secrets.token_hex(16)
+        isauth = {"pid": pid, "uid": user, "allowedESAFs": esafs, **claims}
+        text, signature = sign_isauth(isauth, self.private_key)
+        write_session(connect_session_store(self.settings), pid, text, signature, 24 * 3600)
+        return pid
+
+    def request(self, request: dict[str, Any], timeout_s: float = 20.0) -> Reply:
+        return send_request(self.front, request, timeout_s=timeout_s, context=self.context)
+
+    def manager_pid(self) -> int:
+        return self.processes["serve"].pid
