@@ -107,7 +107,10 @@ def _serve(sock: socket.socket, worker_main: WorkerMain) -> None:
                 _send(sock, {"op": "exited", "pid": pid, "status": status})
             if not readable:
                 continue
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 return  # the manager has gone: stop everything below us
             buffer += chunk

@@ -1,0 +1,209 @@
+"""Latency through the whole chain: client REQ → proxy → manager → worker, next to the core.
+
+Run: ``python benchmarks/chain.py`` (or ``scripts/bench --chain``). It starts a private Redis,
+the proxy and the manager as in production (`imageserver.local_service`), writes a 16M
+sample series with enough frames that every "cold" request reads a frame not read before,
+and prints one table of medians and p95. As root it also creates throw-away users to time
+the first request of a new identity (a worker forked from the zygote) and removes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from imageserver.allocator import tune_allocator
+from imageserver.embedded_redis import EmbeddedRedis
+from imageserver.imaging.reduce import warm_up
+from imageserver.local_service import LocalService
+from imageserver.render import Look, ViewSpec, render_file
+from imageserver.sampledata.dataset import EIGER16M_STEM, EIGER_PIXEL_M
+from imageserver.sampledata.eiger import write_eiger_series
+from imageserver.sampledata.pattern import centred_geometry
+from run import print_table
+
+Row = tuple[str, list[float], str]
+N_FRAMES = 48
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("sample-data-chain"))
+    parser.add_argument("--runs", type=int, default=12)
+    args = parser.parse_args()
+    tune_allocator()
+    warm_up()
+    master = write_series_once(args.data.resolve())
+    work = Path(tempfile.mkdtemp(prefix="imageserver-bench-", dir="/tmp"))
+    work.chmod(0o755)
+    redis_server = EmbeddedRedis(work / "redis").start()
+    service = LocalService(work / "service", redis_server.url).start()
+    users = BenchUsers()
+    try:
+        frames = iter(range(1, N_FRAMES + 1))
+        rows = bench_chain(service, master, frames, args.runs, users)
+    finally:
+        service.stop()
+        redis_server.stop()
+        users.remove()
+    print_table(rows)
+    return 0
+
+
+def write_series_once(directory: Path) -> Path:
+    master = directory / f"{EIGER16M_STEM}_master.h5"
+    if not master.exists():
+        print(f"writing a {N_FRAMES}-frame 16M series to {directory} ...", file=sys.stderr)
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+        geometry = centred_geometry(4148, 4362, EIGER_PIXEL_M)
+        write_eiger_series(directory, EIGER16M_STEM, geometry=geometry, n_frames=N_FRAMES)
+        for path in directory.iterdir():
+            path.chmod(0o644)
+    return master
+
+
+class BenchUsers:
+    """Throw-away accounts (root only), so each one is a new identity for the manager."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def make(self) -> str:
+        if os.geteuid() != 0:
+            return pwd.getpwuid(os.getuid()).pw_name
+        name = f"isbench{os.urandom(3).hex()}"
+        subprocess.run(["useradd", "--create-home", "--user-group", name], check=True)
+        self.names.append(name)
+        return name
+
+    def remove(self) -> None:
+        for name in self.names:
+            subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+
+
+def bench_chain(
+    service: LocalService, master: Path, frames: Iterator[int], runs: int, users: BenchUsers
+) -> list[Row]:
+    def next_frame() -> int:
+        return next(frames)
+
+    user = users.make()
+    pid = service.session(user, [])
+
+    def jpeg(frame: int, **fields: object) -> dict[str, object]:
+        return {
+            "type": "jpeg",
+            "pid": pid,
+            "fn": str(master),
+            "frame": frame,
+            "xsize": 1024,
+            **fields,
+        }
+
+    def timed(request: dict[str, object]) -> float:
+        started = time.perf_counter()
+        reply = service.request(request, timeout_s=60)
+        elapsed = time.perf_counter() - started
+        if reply.error is not None or "error" in reply.job:
+            raise SystemExit(f"request failed: {reply.error or reply.job['error']}")
+        return elapsed
+
+    timed(jpeg(next_frame()))  # start the worker and read the series layout once
+    core = []
+    for _ in range(runs):
+        spec = ViewSpec(master, frame=next_frame(), xsize=1024)
+        core.append(_time(lambda spec=spec: render_file(spec, Look())))
+    cold = [timed(jpeg(next_frame())) for _ in range(runs)]
+    repeat_frame = next_frame()
+    timed(jpeg(repeat_frame))
+    repeated = [timed(jpeg(repeat_frame, contrast=20 + i)) for i in range(runs)]
+    small = [timed({"type": "meta", "pid": pid, "fn": str(master)}) for _ in range(runs * 3)]
+    overhead = statistics.median(cold) - statistics.median(core)
+    rows: list[Row] = [
+        ("imaging core in-process, cold 16M frame → 1024 JPEG", core, ""),
+        ("chain: cold 16M frame → 1024 JPEG", cold, "≤ 35 / p95 ≤ 50"),
+        (
+            f"chain overhead (cold chain − core medians: {overhead * 1000:.1f} ms)",
+            [overhead],
+            "≤ 2",
+        ),
+        ("chain: same frame again, new contrast", repeated, ""),
+        ("chain: meta request (no pixels)", small, ""),
+    ]
+    if os.geteuid() == 0:
+        first = []
+        for _ in range(min(runs, 6)):
+            new_pid = service.session(users.make(), [])
+            first.append(timed({"type": "meta", "pid": new_pid, "fn": str(master)}))
+        rows.append(("chain: first request of a new identity (meta)", first, "≤ 100 + work"))
+    together = []
+    for _ in range(max(3, runs // 3)):
+        batch = [next_frame() for _ in range(3)]
+        together.append(_concurrently([lambda f=f: timed(jpeg(f)) for f in batch]))
+    rows.append(("chain: 3 different cold frames at once (wall)", together, "≤ 60"))
+    rate = _throughput(service, pid, master, clients=8, seconds=5.0)
+    rows.append((f"chain: 8 concurrent clients → {rate:.0f} requests/s", [1.0 / rate], "(s/req)"))
+    return rows
+
+
+def _concurrently(calls: list[Callable[[], float]]) -> float:
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], float]) -> None:
+        barrier.wait()
+        call()
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def _throughput(
+    service: LocalService, pid: str, master: Path, clients: int, seconds: float
+) -> float:
+    """Requests per second: each client asks for frames in turn, 1024 wide."""
+    done = [0] * clients
+    stop_at = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        frame = index
+        while time.perf_counter() < stop_at:
+            frame = frame % N_FRAMES + 1
+            reply = service.request(
+                {"type": "jpeg", "pid": pid, "fn": str(master), "frame": frame, "xsize": 1024},
+                timeout_s=60,
+            )
+            if reply.error is None:
+                done[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def _time(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
