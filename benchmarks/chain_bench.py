@@ -1,6 +1,6 @@
 """Latency through the whole chain: client REQ → proxy → manager → worker, next to the core.
 
-Run: ``python benchmarks/chain.py`` (or ``scripts/bench --chain``). It starts a private Redis,
+Run: ``python benchmarks/chain_bench.py`` (or ``scripts/bench --chain``). It starts a private Redis,
 the proxy and the manager as in production (`imageserver.local_service`), writes a 16M
 sample series with enough frames that every "cold" request reads a frame not read before,
 and prints one table of medians and p95. As root it also creates throw-away users to time
