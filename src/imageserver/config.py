@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -123,22 +124,51 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """The per-worker memory cache and the Redis cache shared by the users of an ESAF."""
+    """The per-worker memory cache and the Redis cache shared by the workers of an ESAF.
+
+    ``redis_url`` is the manager's (administrative) connection: it provisions one Redis ACL
+    user per ESAF group, and workers connect as that user, never with these credentials.
+    """
 
     SECTION: ClassVar[str] = "cache"
     redis_url: str = "redis://127.0.0.1:6379/1"
-    memory_budget_bytes: int = 1 << 30
+    memory_budget_bytes: int = -1
+    max_entry_fraction: float = 0.25
     ttl_s: int = 300
+    redis_timeout_s: float = 0.25
+    redis_retry_s: float = 2.0
+    claim_s: float = 2.0
+    key_prefix: str = "imageserver"
+    require_isolation: bool = False
 
     def __post_init__(self) -> None:
         _require(
-            self.redis_url.startswith(_REDIS_SCHEMES),
+            self.redis_url == "" or self.redis_url.startswith(_REDIS_SCHEMES),
             self.SECTION,
             "redis_url",
             f"must start with one of {', '.join(_REDIS_SCHEMES)}, not {self.redis_url!r}",
         )
-        _require(self.memory_budget_bytes >= 0, self.SECTION, "memory_budget_bytes", "must be ≥ 0")
+        _require(
+            self.memory_budget_bytes >= -1,
+            self.SECTION,
+            "memory_budget_bytes",
+            "must be ≥ 0, or -1 for the automatic budget",
+        )
+        _require(
+            0 < self.max_entry_fraction <= 1,
+            self.SECTION,
+            "max_entry_fraction",
+            "must be in (0, 1]",
+        )
         _require(self.ttl_s >= 1, self.SECTION, "ttl_s", "must be ≥ 1")
+        for key in ("redis_timeout_s", "redis_retry_s", "claim_s"):
+            _require(getattr(self, key) > 0, self.SECTION, key, "must be > 0")
+        _require(
+            re.fullmatch(r"[A-Za-z0-9_-]+", self.key_prefix) is not None,
+            self.SECTION,
+            "key_prefix",
+            f"must be letters, digits, '-' or '_', not {self.key_prefix!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -237,6 +267,8 @@ def _convert(kind: Any, value: Any, dotted: str, base_dir: Path) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"'{dotted}' must be a table ([{dotted}]), not {_toml_type(value)}")
         return _build(typing.cast(type, kind), value, dotted, base_dir)
+    if kind is bool and isinstance(value, bool):
+        return value
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -245,7 +277,13 @@ def _convert(kind: Any, value: Any, dotted: str, base_dir: Path) -> Any:
         return value
     if kind is Path and isinstance(value, str):
         return base_dir / Path(value).expanduser()
-    wanted = {int: "an integer", float: "a number", str: "a string", Path: "a path string"}[kind]
+    wanted = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path string",
+    }[kind]
     raise ConfigError(f"'{dotted}' must be {wanted}, not {_toml_type(value)} ({value!r})")
 
 

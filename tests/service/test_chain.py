@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 import simplejpeg
 import zmq
 from chain import (
@@ -33,7 +34,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_process import RedisServer
 
+from imageserver.client import Reply
+from imageserver.render import Look, ViewSpec, render_file
 from imageserver.sampledata.dataset import EIGER16M_STEM, PILATUS_CBF
+from imageserver.sampledata.marccd import write_marccd
 
 ESAF_A = 61001
 ESAF_B = 61002
@@ -398,3 +402,108 @@ def test_a_thousand_malformed_messages_each_get_one_reply(
         sock.close(0)
     assert reply[-1]  # the error text
     world.chain.check_alive()
+
+
+# -- the cache ---------------------------------------------------------------------------------
+# Whether a worker decoded a file is read from the kernel, not from timings: /proc/<pid>/io
+# counts the bytes a process read() or pread() (rchar). A decode reads the file; an answer
+# from the cache reads nothing but a few bytes of wake-up pipes.
+
+DECODE_READS_BYTES = 200_000
+CACHED_READS_BYTES = 16_384
+
+
+def _bytes_read(pid: int) -> int:
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def _worker_read(world: World, worker: int, request: dict[str, object]) -> tuple[int, Reply]:
+    before = _bytes_read(worker)
+    reply = world.chain.request(request)
+    assert reply.error is None and "error" not in reply.job, reply.job
+    return _bytes_read(worker) - before, reply
+
+
+def _fresh_marccd(world: World, name: str, seed: int) -> Path:
+    """A 512 × 512 MAR CCD frame no worker has seen, readable by ESAF A."""
+    staged = world.chain.directory / name
+    write_marccd(staged, size_px=512, seed=seed)
+    return place_file(staged, world.master_a.parent / name, gid=world.gid_a)
+
+
+def test_a_new_contrast_of_a_viewed_frame_reads_no_file(world: World) -> None:
+    pid = world.chain.session(world.user_a, [world.esaf_a])
+    path = _fresh_marccd(world, "contrast.mccd", seed=11)
+    started = world.chain.request(jpeg_request(world, pid, fn=str(world.cbf_a), xsize=16))
+    assert started.error is None
+    worker = _worker_of(world, _uid(world.user_a), world.gid_a)
+    first_read, first = _worker_read(world, worker, jpeg_request(world, pid, fn=str(path)))
+    second_read, second = _worker_read(
+        world, worker, jpeg_request(world, pid, fn=str(path), contrast=77, wval=3)
+    )
+    repeat_read, repeat = _worker_read(
+        world, worker, jpeg_request(world, pid, fn=str(path), contrast=77, wval=3, tag="again")
+    )
+    assert first_read > DECODE_READS_BYTES
+    assert second_read < CACHED_READS_BYTES and repeat_read < CACHED_READS_BYTES
+    assert (second.job["bval_used"], second.job["wval_used"]) == (77, 3)
+    assert second.image != first.image and repeat.image == second.image
+    assert repeat.job["tag"] == "again" and repeat.meta == second.meta == first.meta
+
+
+def test_a_rewritten_file_is_served_with_its_new_pixels(world: World) -> None:
+    pid = world.chain.session(world.user_a, [world.esaf_a])
+    path = _fresh_marccd(world, "rewritten.mccd", seed=21)
+    before = world.chain.request(jpeg_request(world, pid, fn=str(path), xsize=128))
+    _fresh_marccd(world, "rewritten.mccd", seed=22)  # same name and size, new content
+    after = world.chain.request(jpeg_request(world, pid, fn=str(path), xsize=128))
+    expected = render_file(ViewSpec(path, xsize=128), Look())
+    assert after.meta["mean"] != before.meta["mean"]
+    assert after.meta["mean"] == pytest.approx(expected[1].stats.mean)
+    assert after.image == expected[0].data
+
+
+@needs_root
+def test_another_user_of_the_esaf_gets_the_view_from_redis_without_reading_the_file(
+    world: World,
+) -> None:
+    prefix = world.chain.settings.cache.key_prefix
+    cache_db = redis.Redis(port=world.redis.port, db=1)
+    pid_a = world.chain.session(world.user_a, [world.esaf_a])
+    path = _fresh_marccd(world, "shared.mccd", seed=31)
+    xsize = _view_stored_in_redis(world, cache_db, pid_a, path)
+    pid_b = world.chain.session(world.user_b, [world.esaf_a])
+    start = world.chain.request(jpeg_request(world, pid_b, fn=str(world.cbf_a), xsize=16))
+    assert start.error is None
+    worker_b = _worker_of(world, _uid(world.user_b), world.gid_a)
+    assert worker_b != _worker_of(world, _uid(world.user_a), world.gid_a)
+    request = jpeg_request(world, pid_b, fn=str(path), xsize=xsize)
+    read_b, reply_b = _worker_read(world, worker_b, request)
+    assert read_b < CACHED_READS_BYTES
+    reply_a = world.chain.request(jpeg_request(world, pid_a, fn=str(path), xsize=xsize))
+    assert reply_b.image == reply_a.image and reply_b.meta == reply_a.meta
+    namespaces = {key.split(b":")[1] for key in cache_db.keys(f"{prefix}:*")}
+    assert str(world.gid_a).encode() in namespaces
+    user = cache_db.acl_getuser(f"{prefix}-g{world.gid_a}")
+    assert user["keys"] == [f"~{prefix}:{world.gid_a}:*"]
+
+
+def _view_stored_in_redis(world: World, cache_db: redis.Redis, pid: str, path: Path) -> int:
+    """Ask for new views of ``path`` until one reaches Redis; its xsize.
+
+    A Redis restart earlier in this module made the workers' Redis users vanish until the
+    manager provisions them again (within seconds), so the first views may stay local.
+    """
+    pattern = f"{world.chain.settings.cache.key_prefix}:{world.gid_a}:view:*"
+    deadline = time.monotonic() + 15.0
+    for xsize in range(200, 400):
+        before = set(cache_db.keys(pattern))
+        assert world.chain.request(jpeg_request(world, pid, fn=str(path), xsize=xsize)).image
+        stored_by = time.monotonic() + 0.5
+        while time.monotonic() < stored_by:
+            if set(cache_db.keys(pattern)) - before:
+                return xsize
+            time.sleep(0.02)
+        assert time.monotonic() < deadline, "no view reached Redis"
+    raise AssertionError("no view reached Redis")

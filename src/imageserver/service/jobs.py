@@ -3,24 +3,31 @@
 Handlers keep the legacy reply shapes (reference §1.4, §2.3–2.6): a jpeg that cannot be
 made is still a 4-frame reply with a light-grey image and an empty meta frame — but the job
 echo now says why, in an ``error`` field. spots and meta failures are one error text frame.
+
+jpeg and spots go through the worker's `CachedRenderer`; where each answer came from is
+logged at DEBUG level, e.g. ``jpeg <fn> frame 2: memory``; the sources are listed in
+`imageserver.cache.renderer.SOURCES`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imageserver.cache.renderer import CachedRenderer
 from imageserver.config import LimitSettings
 from imageserver.errors import FrameRangeError, ImageServerError, MissingMetadataError
-from imageserver.formats import open_frame, read_meta
+from imageserver.formats import read_meta
 from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.encode import encode_jpeg
 from imageserver.imaging.label import add_label
-from imageserver.render import Look, ViewSpec, reduce_view, render_jpeg
+from imageserver.render import Look, ViewSpec
 from imageserver.service.requests import (
     JpegRequest,
     MetaRequest,
@@ -32,21 +39,37 @@ from imageserver.service.requests import (
 )
 from imageserver.transports.frames import error_frames, success_frames
 
+log = logging.getLogger(__name__)
+
 BLANK_GREY = 240
 MAX_BLANK_PX = 4096
 """A blank answer is never larger than this, whatever xsize asked (legacy bug B12)."""
 
+Job = Callable[[Request, CachedRenderer], list[bytes]]
 
-def handle(payload: bytes, limits: LimitSettings | None = None) -> list[bytes]:
-    """The worker's entry point: one payload in, one reply body out, never raises for input."""
+
+def handle(
+    payload: bytes,
+    limits: LimitSettings | None = None,
+    renderer: CachedRenderer | None = None,
+) -> list[bytes]:
+    """The worker's entry point: one payload in, one reply body out, never raises for input.
+
+    Without a ``renderer`` nothing is kept between requests (the CLI's and tests' case).
+    """
     try:
         request = parse_request(payload, limits)
-        return JOBS[type(request)](request)
+        return JOBS[type(request)](request, renderer or _uncached())
     except ImageServerError as exc:
         return error_frames(str(exc))
 
 
-def run_jpeg(request: Request) -> list[bytes]:
+@functools.cache
+def _uncached() -> CachedRenderer:
+    return CachedRenderer.uncached()
+
+
+def run_jpeg(request: Request, renderer: CachedRenderer) -> list[bytes]:
     assert isinstance(request, JpegRequest)
     if not request.fn:
         return _blank(request, "no file name (fn) in the request")
@@ -68,12 +91,13 @@ def run_jpeg(request: Request) -> list[bytes]:
         quality=request.quality,
     )
     try:
-        view = reduce_view(open_frame(spec.path, spec.frame), spec, fn=request.fn)
-        image = render_jpeg(view, look)
+        served = renderer.jpeg(spec, look, fn=request.fn)
     except ImageServerError as exc:
         return _blank(request, str(exc))
+    log.debug("jpeg %s frame %d: %s", request.fn, request.frame, served.source)
+    image = served.value.image
     job = echo_job(request, wval_used=image.levels.white, bval_used=image.levels.black)
-    return success_frames(job, _json(view.meta), image.data)
+    return success_frames(job, _json({**served.value.meta, "fn": request.fn}), image.data)
 
 
 def _blank(request: JpegRequest, reason: str) -> list[bytes]:
@@ -85,23 +109,20 @@ def _blank(request: JpegRequest, reason: str) -> list[bytes]:
     return success_frames(echo_job(request, error=reason), b"", encode_jpeg(rgb, request.quality))
 
 
-def run_spots(request: Request) -> list[bytes]:
+def run_spots(request: Request, renderer: CachedRenderer) -> list[bytes]:
     assert isinstance(request, SpotsRequest)
     if not request.fn:
         return error_frames("Missing filename (fn) for a spots request")
-    frame = open_frame(Path(request.fn), request.frame)
-    if frame.meta.beam_center_x_px is None or frame.meta.beam_center_y_px is None:
+    spec = ViewSpec(path=Path(request.fn), frame=request.frame, xsize=request.xsize)
+    served = renderer.reduced_view(spec, fn=request.fn)
+    log.debug("spots %s frame %d: %s", request.fn, request.frame, served.source)
+    if served.value.stats.spots is None:
         raise MissingMetadataError(f"{request.fn}: no beam centre in the file; cannot count spots")
-    view = reduce_view(
-        frame,
-        ViewSpec(path=Path(request.fn), frame=request.frame, xsize=request.xsize),
-        fn=request.fn,
-    )
     job = echo_job(request, xsize=request.xsize, zoom=1.0, segcol=0.0, segrow=0.0)
-    return success_frames(job, _json(view.meta))
+    return success_frames(job, _json({**served.value.meta, "fn": request.fn}))
 
 
-def run_meta(request: Request) -> list[bytes]:
+def run_meta(request: Request, _renderer: CachedRenderer) -> list[bytes]:
     assert isinstance(request, MetaRequest)
     if not request.fn:
         return error_frames("Missing filename (fn) for a meta request")
@@ -115,7 +136,7 @@ def run_meta(request: Request) -> list[bytes]:
     )
 
 
-def run_obsolete(request: Request) -> list[bytes]:
+def run_obsolete(request: Request, _renderer: CachedRenderer) -> list[bytes]:
     assert isinstance(request, ObsoleteRequest)
     return error_frames(f"Obsolete job type '{request.type_name}'")
 
@@ -125,7 +146,7 @@ def _json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
-JOBS: dict[type, Callable[[Request], list[bytes]]] = {
+JOBS: dict[type, Job] = {
     JpegRequest: run_jpeg,
     SpotsRequest: run_spots,
     MetaRequest: run_meta,

@@ -2,7 +2,8 @@
 
 Forked from the zygote, it makes a fresh ZeroMQ context (a child must never use its
 parent's), connects to the manager and completes a hello/welcome handshake *before*
-dropping privileges (the manager's socket lives in a root-only directory), then runs
+dropping privileges (the manager's socket lives in a root-only directory), then builds its
+request handler (and with it the caches: nothing of them exists with root's rights) and runs
 requests in a thread pool. Only the main thread touches the manager socket; job threads
 hand their replies back through a queue and a wake-up pipe.
 """
@@ -29,6 +30,7 @@ WELCOME = b"welcome"
 HANDSHAKE_TIMEOUT_MS = 5000
 
 Handler = Callable[[bytes], list[bytes]]
+MakeHandler = Callable[[dict[str, Any]], Handler]
 
 
 def identity_from_spec(spec: dict[str, Any]) -> Identity:
@@ -41,8 +43,11 @@ def identity_from_spec(spec: dict[str, Any]) -> Identity:
     )
 
 
-def run_worker(spec: dict[str, Any], handler: Handler) -> None:
-    """Serve requests for one identity until the manager goes away or stops us."""
+def run_worker(spec: dict[str, Any], make_handler: MakeHandler) -> None:
+    """Serve requests for one identity until the manager goes away or stops us.
+
+    ``make_handler(spec)`` runs after the privilege drop, in the worker's own identity.
+    """
     context = zmq.Context()
     manager = context.socket(zmq.DEALER)
     manager.setsockopt(zmq.LINGER, 0)
@@ -54,7 +59,7 @@ def run_worker(spec: dict[str, Any], handler: Handler) -> None:
             log.error("worker %s: no welcome from the manager; exiting", spec["socket_id"])
             return
         drop_privileges(identity_from_spec(spec))
-        _serve(manager, handler, int(spec["threads"]))
+        _serve(manager, make_handler(spec), int(spec["threads"]))
     finally:
         manager.close(0)
         context.term()

@@ -1,0 +1,254 @@
+"""CachedRenderer: the two-step pipeline of `render` with every costly result kept.
+
+What is kept, and where:
+
+- a file's frame size (memory and Redis): planning a view needs it before any pixels;
+- the decoded frame (memory only): the 16 tiles of a ×4 zoom, or a spot count after a
+  view, decode the file once. A 16M frame is 90 MB with its mask; even compressed (12 MB),
+  fetching and decoding it from Redis takes ~32 ms against ~18 ms to decode the file again
+  (benchmarks/cache_bench.py), so frames are never shared;
+- the reduced view with its statistics and meta (memory and Redis): a new contrast, label or
+  colour map costs only the 8-bit mapping and the encode, in any worker of the ESAF;
+- the encoded image with its meta (memory only): an exact repeat costs a lookup.
+
+Every answer says where it came from (`Served.source`); the worker logs it at DEBUG level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from imageserver.cache.codec import DimsCodec, ViewCodec
+from imageserver.cache.keys import FileIdentity, Scope, cache_key, file_identity
+from imageserver.cache.memory import MemoryCache, automatic_budget_bytes
+from imageserver.cache.shared import RedisLink, SharedCache, WriteBehind
+from imageserver.cache.tiered import TieredCache
+from imageserver.config import CacheSettings
+from imageserver.errors import RequestError
+from imageserver.formats import open_frame
+from imageserver.formats.base import Frame
+from imageserver.imaging.geometry import View, plan_view
+from imageserver.render import Look, ReducedView, RenderedImage, ViewSpec, reduce_view, render_jpeg
+
+log = logging.getLogger(__name__)
+
+V = TypeVar("V")
+Decode = Callable[[Path, int], Frame]
+
+SOURCES = ("image", "memory", "shared", "frame", "file")
+"""Where an answer came from, cheapest first: the encoded image, the reduced view in this
+process or in Redis, a reduction of a frame held in memory, or a decode of the file."""
+META_ALLOWANCE_BYTES = 8192
+"""Charged per view or image entry for its meta and statistics (Python objects)."""
+
+
+@dataclass(frozen=True)
+class Served(Generic[V]):
+    value: V
+    source: str
+
+
+@dataclass(frozen=True)
+class RenderedReply:
+    """An encoded image and the meta of the view it shows: all an exact repeat needs."""
+
+    image: RenderedImage
+    meta: dict[str, Any]
+
+
+@dataclass
+class RendererCounts:
+    """How many answers came from each source since start."""
+
+    by_source: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCES, 0))
+
+
+def entry_nbytes(value: object) -> int:
+    """Bytes a memory-cache entry holds: arrays exactly, small Python objects by allowance."""
+    if isinstance(value, Frame):
+        return int(value.pixels.nbytes + (0 if value.mask is None else value.mask.nbytes))
+    if isinstance(value, ReducedView):
+        return value.nbytes + META_ALLOWANCE_BYTES
+    if isinstance(value, RenderedReply):
+        return len(value.image.data) + META_ALLOWANCE_BYTES
+    return 64
+
+
+class CachedRenderer:
+    """Views and images of frames for one worker, from the cheapest place that has them."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        memory: MemoryCache[Any],
+        *,
+        shared_views: SharedCache[ReducedView] | None = None,
+        shared_dims: SharedCache[tuple[int, int]] | None = None,
+        decode: Decode = open_frame,
+    ) -> None:
+        self.scope = scope
+        self.memory = memory
+        self.views: TieredCache[ReducedView] = TieredCache(memory, shared_views)
+        self.dims: TieredCache[tuple[int, int]] = TieredCache(memory, shared_dims)
+        self.decode = decode
+        self.counts = RendererCounts()
+        self._counts_lock = threading.Lock()
+
+    @classmethod
+    def uncached(cls, decode: Decode = open_frame) -> CachedRenderer:
+        """Nothing kept (a zero budget), but concurrent equal requests still compute once."""
+        scope = Scope.for_worker(os.getgid(), os.getcwd())
+        return cls(scope, MemoryCache(0, entry_nbytes), decode=decode)
+
+    def reduced_view(self, spec: ViewSpec, *, fn: str) -> Served[ReducedView]:
+        """The full-depth view ``spec`` asks for, with its statistics and meta."""
+        file = file_identity(spec.path, self.scope)
+        if file is None:  # unreadable or odd: the reader raises the right error
+            frame = self.decode(spec.path, spec.frame)
+            return self._served(Served(reduce_view(frame, spec, fn=fn), "file"))
+        planned = self._planned(file, spec, fn)
+        return self._served(planned.made or self._reduced_view(file, spec, fn, planned.view))
+
+    def jpeg(self, spec: ViewSpec, look: Look, *, fn: str) -> Served[RenderedReply]:
+        """The encoded image of ``spec`` with ``look``, and the meta of its view."""
+        file = file_identity(spec.path, self.scope)
+        if file is None:
+            view = reduce_view(self.decode(spec.path, spec.frame), spec, fn=fn)
+            return self._served(Served(RenderedReply(render_jpeg(view, look), view.meta), "file"))
+        planned = self._planned(file, spec, fn)
+        key = cache_key(self.scope, file, frame=spec.frame, view=planned.view, look=look)
+        source = ["image"]
+
+        def render() -> RenderedReply:
+            served = planned.made or self._reduced_view(file, spec, fn, planned.view)
+            source[0] = served.source
+            return RenderedReply(render_jpeg(served.value, look), served.value.meta)
+
+        reply: RenderedReply = self.memory.get_or_compute(key, render)
+        return self._served(Served(reply, source[0]))
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _planned(self, file: FileIdentity, spec: ViewSpec, fn: str) -> _Planned:
+        """The view ``spec`` asks for on this file, which needs the file's frame size.
+
+        The size is kept in memory and Redis. When neither has it, the frame is decoded and
+        the view made and stored *before* the size is: processes that waited for the size
+        then find the view too, instead of each decoding the frame again.
+        """
+        made: list[Served[ReducedView]] = []
+
+        def size_and_view() -> tuple[int, int]:
+            frame, source = self._frame(file, spec)
+            size = (frame.meta.width_px, frame.meta.height_px)
+            try:
+                view = _plan(size, spec)
+            except RequestError:
+                return size  # keep the size; the caller's own planning raises the error
+            made.append(self._reduced_view(file, spec, fn, view, (frame, source)))
+            return size
+
+        size = self.dims.get_or_compute(cache_key(self.scope, file), size_and_view)
+        return _Planned(_plan(size, spec), made[0] if made else None)
+
+    def _reduced_view(
+        self,
+        file: FileIdentity,
+        spec: ViewSpec,
+        fn: str,
+        view: View,
+        held: tuple[Frame, str] | None = None,
+    ) -> Served[ReducedView]:
+        key = cache_key(self.scope, file, frame=spec.frame, view=view)
+        source = ["file"]
+
+        def reduce() -> ReducedView:
+            frame, source[0] = held or self._frame(file, spec)
+            return reduce_view(frame, spec, fn=fn)
+
+        # Holding the frame, a reduction costs a few ms: no need to make other processes wait.
+        is_held = held is not None or cache_key(self.scope, file, frame=spec.frame) in self.memory
+        value, where = self.views.fetch(key, reduce, claim=not is_held)
+        return Served(value, source[0] if where == "computed" else where)
+
+    def _frame(self, file: FileIdentity, spec: ViewSpec) -> tuple[Frame, str]:
+        """The decoded frame and "frame" (held in memory) or "file" (decoded now)."""
+        source = ["frame"]
+
+        def decode() -> Frame:
+            source[0] = "file"
+            return self.decode(spec.path, spec.frame)
+
+        frame: Frame = self.memory.get_or_compute(
+            cache_key(self.scope, file, frame=spec.frame), decode
+        )
+        return frame, source[0]
+
+    def _served(self, served: Served[V]) -> Served[V]:
+        with self._counts_lock:
+            self.counts.by_source[served.source] += 1
+        return served
+
+
+@dataclass(frozen=True)
+class _Planned:
+    view: View
+    made: Served[ReducedView] | None
+    """The view itself, when learning the frame size meant making it."""
+
+
+def _plan(size: tuple[int, int], spec: ViewSpec) -> View:
+    return plan_view(
+        size[0],
+        size[1],
+        xsize=spec.xsize,
+        ysize=spec.ysize,
+        zoom=spec.zoom,
+        segcol=spec.segcol,
+        segrow=spec.segrow,
+    )
+
+
+def renderer_for_worker(spec: dict[str, Any], settings: CacheSettings) -> CachedRenderer:
+    """The renderer of a worker process, built after it dropped its privileges.
+
+    ``spec["cache"]``, from the manager's `CacheAccess`, holds the shared tier's address and
+    this ESAF group's Redis user; without it the worker keeps to its memory tier.
+    """
+    scope = Scope.for_worker(int(spec["gid"]), str(spec["home"]))
+    budget = (
+        settings.memory_budget_bytes
+        if settings.memory_budget_bytes >= 0
+        else automatic_budget_bytes()
+    )
+    memory: MemoryCache[Any] = MemoryCache(
+        budget, entry_nbytes, max_entry_fraction=settings.max_entry_fraction
+    )
+    access = spec.get("cache")
+    if not isinstance(access, dict) or not access.get("url"):
+        return CachedRenderer(scope, memory)
+    link = RedisLink.connect(
+        str(access["url"]),
+        prefix=settings.key_prefix,
+        timeout_s=settings.redis_timeout_s,
+        retry_s=settings.redis_retry_s,
+        username=access.get("user"),
+        password=access.get("password"),
+    )
+    writer = WriteBehind()
+    return CachedRenderer(
+        scope,
+        memory,
+        shared_views=SharedCache(
+            link, ViewCodec(), ttl_s=settings.ttl_s, claim_s=settings.claim_s, writer=writer
+        ),
+        shared_dims=SharedCache(
+            link, DimsCodec(), ttl_s=settings.ttl_s, claim_s=settings.claim_s, writer=writer
+        ),
+    )

@@ -1,0 +1,270 @@
+"""CachedRenderer and the jobs on real sample files: what is decoded, when, and by whom."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import simplejpeg
+from cache_contract import run_together
+
+from imageserver.cache.codec import DimsCodec, ViewCodec
+from imageserver.cache.keys import Scope
+from imageserver.cache.memory import MemoryCache
+from imageserver.cache.renderer import CachedRenderer, entry_nbytes, renderer_for_worker
+from imageserver.cache.shared import RedisLink, SharedCache
+from imageserver.config import CacheSettings
+from imageserver.errors import FileMissingError, RequestError
+from imageserver.formats import open_frame
+from imageserver.formats.base import Frame
+from imageserver.render import Look, ViewSpec, render_file
+from imageserver.sampledata.dataset import EIGER16M_STEM, MARCCD_LE
+from imageserver.sampledata.marccd import write_marccd
+from imageserver.service import jobs
+
+GID = 61001
+
+
+class CountingDecode:
+    """The real decode, counted (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path, number: int) -> Frame:
+        with self._lock:
+            self.calls += 1
+        return open_frame(path, number)
+
+
+@pytest.fixture
+def home(sample_dir: Path, tmp_path: Path) -> Path:
+    """An ESAF directory holding a 2-frame Eiger series and a MAR CCD frame."""
+    for path in sample_dir.glob(f"{EIGER16M_STEM}_*.h5"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(sample_dir / MARCCD_LE, tmp_path / MARCCD_LE)
+    return tmp_path
+
+
+def renderer(
+    home: Path,
+    budget: int = 256 << 20,
+    redis_url: str | None = None,
+    gid: int = GID,
+    fraction: float = 0.5,
+) -> tuple[CachedRenderer, CountingDecode]:
+    decode = CountingDecode()
+    memory: MemoryCache[Any] = MemoryCache(budget, entry_nbytes, max_entry_fraction=fraction)
+    views = dims = None
+    if redis_url is not None:
+        link = RedisLink.connect(redis_url, prefix="istest", timeout_s=0.25, retry_s=2.0)
+        views = SharedCache(link, ViewCodec(), ttl_s=60, claim_s=2.0)
+        dims = SharedCache(link, DimsCodec(), ttl_s=60, claim_s=2.0)
+    scope = Scope.for_worker(gid, str(home))
+    made = CachedRenderer(scope, memory, shared_views=views, shared_dims=dims, decode=decode)
+    return made, decode
+
+
+def master(home: Path) -> Path:
+    return home / f"{EIGER16M_STEM}_master.h5"
+
+
+def test_a_new_contrast_label_or_colormap_reuses_the_reduced_view(home: Path) -> None:
+    cached, decode = renderer(home)
+    spec = ViewSpec(master(home), frame=2, xsize=400)
+    banner = Look(colormap="heat", label="x", label_height_px=20)
+    looks = [Look(), Look(contrast=40, wval=2), banner]
+    sources = [cached.jpeg(spec, look, fn="f").source for look in looks]
+    assert sources == ["file", "memory", "memory"]
+    assert decode.calls == 1
+    for look in looks:  # each is exactly the uncached rendering
+        assert cached.jpeg(spec, look, fn="f").value.image.data == render_file(spec, look)[0].data
+
+
+def test_an_exact_repeat_is_the_stored_image(home: Path) -> None:
+    cached, _ = renderer(home)
+    spec, look = ViewSpec(master(home), xsize=300), Look(contrast=30)
+    first = cached.jpeg(spec, look, fn="f")
+    again = cached.jpeg(spec, look, fn="f")
+    assert (first.source, again.source) == ("file", "image")
+    assert again.value.image.data is first.value.image.data
+
+
+def test_the_tiles_of_a_zoom_and_a_spot_count_decode_the_frame_once(home: Path) -> None:
+    cached, decode = renderer(home)
+    sources = [
+        cached.jpeg(
+            ViewSpec(master(home), xsize=128, zoom=4, segcol=col, segrow=row), Look(), fn="f"
+        ).source
+        for row in range(4)
+        for col in range(4)
+    ]
+    spots = cached.reduced_view(ViewSpec(master(home), xsize=384), fn="f")
+    assert sources == ["file"] + ["frame"] * 15
+    assert spots.source == "frame" and spots.value.stats.spots is not None
+    assert decode.calls == 1
+
+
+def test_concurrent_tiles_of_a_new_frame_decode_it_once(home: Path) -> None:
+    cached, decode = renderer(home)
+
+    def tile(col: int, row: int) -> bytes:
+        spec = ViewSpec(master(home), frame=2, xsize=96, zoom=4, segcol=col, segrow=row)
+        return cached.jpeg(spec, Look(), fn="f").value.image.data
+
+    images = run_together([lambda c=c, r=r: tile(c, r) for r in range(4) for c in range(4)])
+    assert all(isinstance(image, bytes) for image in images)
+    assert decode.calls == 1
+
+
+def test_a_rewritten_file_is_never_served_stale(home: Path) -> None:
+    """Same name, same size, even the old mtime put back: the new pixels are served."""
+    path = home / "rewritten.mccd"
+    write_marccd(path, size_px=256, seed=1)
+    cached, decode = renderer(home)
+    spec, look = ViewSpec(path, xsize=256), Look(contrast=200, wval=0)
+    old = cached.jpeg(spec, look, fn="f").value
+    stat = os.stat(path)
+    write_marccd(path, size_px=256, seed=2)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size
+    new = cached.jpeg(spec, look, fn="f")
+    assert new.source == "file" and decode.calls == 2
+    assert new.value.image.data != old.image.data
+    assert new.value.image.data == render_file(spec, look)[0].data
+
+
+def test_workers_of_one_esaf_share_reduced_views_through_redis(home: Path, redis_url: str) -> None:
+    first, first_decode = renderer(home, redis_url=redis_url)
+    second, second_decode = renderer(home, redis_url=redis_url)  # another worker process
+    spec, look = ViewSpec(master(home), frame=2, xsize=512), Look(contrast=25)
+    made = first.jpeg(spec, look, fn="f")
+    found = second.jpeg(spec, look, fn="f")
+    assert (made.source, found.source) == ("file", "shared")
+    assert (first_decode.calls, second_decode.calls) == (1, 0)
+    assert found.value.image.data == made.value.image.data
+    assert found.value.meta == made.value.meta
+    other_esaf, other_decode = renderer(home, redis_url=redis_url, gid=GID + 1)
+    assert other_esaf.jpeg(spec, look, fn="f").source == "file"
+    assert other_decode.calls == 1
+
+
+def test_memory_stays_within_its_budget_under_a_stream_of_distinct_requests(home: Path) -> None:
+    budget = 3 << 20
+    cached, decode = renderer(home, budget=budget, fraction=0.5)
+    path = home / MARCCD_LE  # 512 × 512, read as uint32: a 1 MB frame, kept
+    for i in range(300):
+        spec = ViewSpec(path, xsize=64 + (i * 37) % 500, zoom=1 + (i % 5), segcol=i % 3)
+        cached.jpeg(spec, Look(contrast=i % 7 + 1), fn="f")
+        assert cached.memory.nbytes <= budget
+    assert cached.memory.stats.evictions > 100
+    assert decode.calls < 30  # the frame is evicted now and then, not decoded per request
+    big, big_decode = renderer(home, budget=budget, fraction=0.5)
+    for frame, xsize in ((1, 64), (2, 64), (1, 80)):
+        big.jpeg(ViewSpec(master(home), frame=frame, xsize=xsize), Look(), fn="f")
+    assert big_decode.calls == 3  # an 11 MB frame is larger than half of 3 MB: not kept
+    assert big.memory.nbytes <= budget
+
+
+def test_a_bad_geometry_is_a_request_error_and_costs_one_decode(home: Path) -> None:
+    cached, decode = renderer(home)
+    with pytest.raises(RequestError, match="xsize 20000 is above the limit"):
+        cached.jpeg(ViewSpec(master(home), xsize=20000), Look(), fn="f")
+    assert cached.jpeg(ViewSpec(master(home), xsize=64), Look(), fn="f").source == "frame"
+    assert decode.calls == 1
+
+
+def test_a_missing_file_raises_the_readers_error(home: Path) -> None:
+    cached, _ = renderer(home)
+    with pytest.raises(FileMissingError, match="not found"):
+        cached.jpeg(ViewSpec(home / "absent.cbf"), Look(), fn="f")
+
+
+def test_each_reply_names_the_file_as_its_request_did(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(home)
+    cached, decode = renderer(home)
+    names = [str(master(home)), master(home).name, f"./{master(home).name}"]
+    metas = []
+    for fn in names:
+        payload = json.dumps({"type": "jpeg", "pid": "p", "fn": fn, "xsize": 64}).encode()
+        frames = jobs.handle(payload, renderer=cached)
+        metas.append(json.loads(frames[2]))
+        assert simplejpeg.decode_jpeg(frames[3]).shape[1] == 64
+    assert [meta["fn"] for meta in metas] == names
+    assert decode.calls == 1
+    spots = jobs.handle(
+        json.dumps({"type": "spots", "pid": "p", "fn": names[1]}).encode(), renderer=cached
+    )
+    assert json.loads(spots[2])["fn"] == names[1] and json.loads(spots[2])["spots"] > 0
+    assert decode.calls == 1
+
+
+WORKER_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import redis
+from imageserver.cache.renderer import renderer_for_worker
+from imageserver.config import CacheSettings
+from imageserver.formats import open_frame
+from imageserver.render import Look, ViewSpec
+
+url, home, master, start_at = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4])
+settings = CacheSettings(redis_url=url, key_prefix="istest", claim_s=5.0)
+cached = renderer_for_worker({"gid": 61001, "home": home, "cache": {"url": url}}, settings)
+counter = redis.Redis.from_url(url)
+
+def counting_decode(path, number):
+    counter.incr("istest:decodes")
+    return open_frame(path, number)
+
+cached.decode = counting_decode
+time.sleep(max(0.0, start_at - time.time()))
+served = cached.jpeg(ViewSpec(master, frame=2, xsize=256), Look(), fn="f")
+cached.views.shared.writer.flush()  # a worker lives on; this process would exit too soon
+print(json.dumps([served.source, len(served.value.image.data)]))
+"""
+
+
+def test_users_opening_one_new_frame_at_once_decode_it_once_across_processes(
+    home: Path, redis_url: str, module_redis: Any
+) -> None:
+    start_at = time.time() + 2.0
+    command = [sys.executable, "-c", WORKER_SCRIPT, redis_url, str(home), str(master(home))]
+    workers = [
+        subprocess.Popen([*command, str(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outputs = [worker.communicate(timeout=60) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 3, outputs
+    results = [json.loads(out) for out, _ in outputs]
+    assert sorted(source for source, _ in results) == ["file", "shared", "shared"]
+    assert len({size for _, size in results}) == 1
+    assert int(module_redis.client().get("istest:decodes")) == 1, outputs
+
+
+def test_a_worker_without_shared_access_keeps_to_memory(home: Path) -> None:
+    cached = renderer_for_worker({"gid": GID, "home": str(home)}, CacheSettings())
+    assert cached.views.shared is None
+    assert cached.memory.max_bytes >= 512 << 20  # the automatic budget
+    spec = ViewSpec(master(home), xsize=64)
+    assert [cached.jpeg(spec, Look(), fn="f").source for _ in range(2)] == ["file", "image"]
+
+
+def test_the_uncached_handler_computes_every_time(home: Path) -> None:
+    payload = json.dumps({"type": "jpeg", "pid": "p", "fn": str(master(home)), "xsize": 32})
+    first, second = jobs.handle(payload.encode()), jobs.handle(payload.encode())
+    assert first[3] == second[3]
+    pixels = simplejpeg.decode_jpeg(first[3])
+    assert pixels.shape[1] == 32 and np.ptp(pixels) > 0
