@@ -496,13 +496,18 @@ def _view_stored_in_redis(world: World, cache_db: redis.Redis, pid: str, path: P
     manager provisions them again (within seconds), so the first views may stay local.
     """
     pattern = f"{world.chain.settings.cache.key_prefix}:{world.gid_a}:view:*"
+    dims_pattern = f"{world.chain.settings.cache.key_prefix}:{world.gid_a}:dims:*"
+    dims_before = set(cache_db.keys(dims_pattern))  # the file is new: its size key will be too
     deadline = time.monotonic() + 15.0
     for xsize in range(200, 400):
         before = set(cache_db.keys(pattern))
         assert world.chain.request(jpeg_request(world, pid, fn=str(path), xsize=xsize)).image
-        stored_by = time.monotonic() + 0.5
+        stored_by = time.monotonic() + 2.0
         while time.monotonic() < stored_by:
-            if set(cache_db.keys(pattern)) - before:
+            # both written behind the reply: the view, then the file's size (a new file)
+            has_view = bool(set(cache_db.keys(pattern)) - before)
+            has_dims = bool(set(cache_db.keys(dims_pattern)) - dims_before)
+            if has_view and has_dims:
                 return xsize
             time.sleep(0.02)
         assert time.monotonic() < deadline, "no view reached Redis"
