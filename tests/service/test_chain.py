@@ -471,8 +471,7 @@ def test_another_user_of_the_esaf_gets_the_view_from_redis_without_reading_the_f
     prefix = world.chain.settings.cache.key_prefix
     cache_db = redis.Redis(port=world.redis.port, db=1)
     pid_a = world.chain.session(world.user_a, [world.esaf_a])
-    path = _fresh_marccd(world, "shared.mccd", seed=31)
-    xsize = _view_stored_in_redis(world, cache_db, pid_a, path)
+    path, xsize = _view_stored_in_redis(world, cache_db, pid_a)
     pid_b = world.chain.session(world.user_b, [world.esaf_a])
     start = world.chain.request(jpeg_request(world, pid_b, fn=str(world.cbf_a), xsize=16))
     assert start.error is None
@@ -489,26 +488,26 @@ def test_another_user_of_the_esaf_gets_the_view_from_redis_without_reading_the_f
     assert user["keys"] == [f"~{prefix}:{world.gid_a}:*"]
 
 
-def _view_stored_in_redis(world: World, cache_db: redis.Redis, pid: str, path: Path) -> int:
-    """Ask for new views of ``path`` until one reaches Redis; its xsize.
+def _view_stored_in_redis(world: World, cache_db: redis.Redis, pid: str) -> tuple[Path, int]:
+    """Ask for views of new files until one file's view and size both reach Redis.
 
     A Redis restart earlier in this module made the workers' Redis users vanish until the
-    manager provisions them again (within seconds), so the first views may stay local.
+    manager provisions them again (within seconds), so the first files may stay local; a
+    file's size is written to Redis only when it is first decoded, hence a new file each try.
     """
-    pattern = f"{world.chain.settings.cache.key_prefix}:{world.gid_a}:view:*"
-    dims_pattern = f"{world.chain.settings.cache.key_prefix}:{world.gid_a}:dims:*"
-    dims_before = set(cache_db.keys(dims_pattern))  # the file is new: its size key will be too
-    deadline = time.monotonic() + 15.0
-    for xsize in range(200, 400):
-        before = set(cache_db.keys(pattern))
-        assert world.chain.request(jpeg_request(world, pid, fn=str(path), xsize=xsize)).image
-        stored_by = time.monotonic() + 2.0
+    prefix = f"{world.chain.settings.cache.key_prefix}:{world.gid_a}"
+    deadline = time.monotonic() + 30.0
+    for attempt in range(100):
+        path = _fresh_marccd(world, f"shared{attempt}.mccd", seed=31 + attempt)
+        views_before = set(cache_db.keys(f"{prefix}:view:*"))
+        dims_before = set(cache_db.keys(f"{prefix}:dims:*"))
+        assert world.chain.request(jpeg_request(world, pid, fn=str(path), xsize=256)).image
+        stored_by = time.monotonic() + 3.0
         while time.monotonic() < stored_by:
-            # both written behind the reply: the view, then the file's size (a new file)
-            has_view = bool(set(cache_db.keys(pattern)) - before)
-            has_dims = bool(set(cache_db.keys(dims_pattern)) - dims_before)
+            has_view = bool(set(cache_db.keys(f"{prefix}:view:*")) - views_before)
+            has_dims = bool(set(cache_db.keys(f"{prefix}:dims:*")) - dims_before)
             if has_view and has_dims:
-                return xsize
+                return path, 256
             time.sleep(0.02)
         assert time.monotonic() < deadline, "no view reached Redis"
     raise AssertionError("no view reached Redis")
