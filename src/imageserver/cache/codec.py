@@ -278,13 +278,8 @@ def _stats_from(table: dict[str, Any]) -> ViewStats:
     if spots is not None and not _is_count(spots):
         raise _InvalidEntryError("spots is not a count")
     overall = _shell_from(table)
-    return ViewStats(
-        n=overall.n,
-        mean=overall.mean,
-        stddev=overall.stddev,
-        rms=overall.rms,
-        min=overall.min,
-        max=overall.max,
+    return ViewStats.from_overall(
+        overall,
         saturated=_int(table, "saturated"),
         spots=spots,
         shells=tuple(shells),

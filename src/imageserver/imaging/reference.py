@@ -96,13 +96,8 @@ def view_stats_reference(
         for s, m in enumerate(shells)
     )
     overall = moments(values[usable])
-    return ViewStats(
-        n=overall.n,
-        mean=overall.mean,
-        stddev=overall.stddev,
-        rms=overall.rms,
-        min=overall.min,
-        max=overall.max,
+    return ViewStats.from_overall(
+        overall,
         saturated=reduced.saturated_source_px,
         spots=spots if has_beam else None,
         shells=tuple(shells) if has_beam else (),

@@ -61,6 +61,23 @@ class ViewStats:
     spots: int | None
     shells: tuple[Shell, ...]
 
+    @classmethod
+    def from_overall(
+        cls, overall: Shell, *, saturated: int, spots: int | None, shells: tuple[Shell, ...]
+    ) -> ViewStats:
+        """The view's statistics: the whole-view moments plus the per-shell details."""
+        return cls(
+            n=overall.n,
+            mean=overall.mean,
+            stddev=overall.stddev,
+            rms=overall.rms,
+            min=overall.min,
+            max=overall.max,
+            saturated=saturated,
+            spots=spots,
+            shells=shells,
+        )
+
 
 @dataclass(frozen=True)
 class ShellGeometry:
@@ -125,13 +142,8 @@ def view_stats(
     moments = (counts, sums, sums2, dev2, mins, maxs)
     overall = make_shell(*moments)
     has_beam = n_shells == N_SHELLS
-    return ViewStats(
-        n=overall.n,
-        mean=overall.mean,
-        stddev=overall.stddev,
-        rms=overall.rms,
-        min=overall.min,
-        max=overall.max,
+    return ViewStats.from_overall(
+        overall,
         saturated=reduced.saturated_source_px,
         spots=int(spots.sum()) if has_beam else None,
         shells=tuple(make_shell(*(a[s : s + 1] for a in moments)) for s in range(n_shells))
