@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imageserver.errors import RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame
 from imageserver.formats.legacy import legacy_meta
-from imageserver.imaging.contrast import Levels, choose_levels, map_contrast
-from imageserver.imaging.encode import encode_jpeg, encode_png
+from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_planes
+from imageserver.imaging.encode import encode_jpeg_ycc, encode_png
 from imageserver.imaging.geometry import View, plan_view
-from imageserver.imaging.label import add_label, label_text
+from imageserver.imaging.label import MAX_HEIGHT_PX, label_text, render_banner
 from imageserver.imaging.reduce import Reduced, reduce_frame
 from imageserver.imaging.stats import ViewStats, view_stats
 
@@ -119,22 +121,33 @@ def stats_fields(stats: ViewStats) -> dict[str, Any]:
 def render_jpeg(view: ReducedView, look: Look) -> RenderedImage:
     """Map a reduced view to 8 bits with the requested look and encode it (JPEG by default)."""
     levels = choose_levels(view.stats, look.contrast, look.wval)
-    rgb = map_contrast(view.reduced, levels, look.colormap)
-    if look.label_height_px > 0:
+    if look.image_format not in ("jpeg", "png"):
+        raise RequestError(f"unknown image format {look.image_format!r}; use jpeg or png")
+    banner_px = look.label_height_px
+    if not 0 <= banner_px <= MAX_HEIGHT_PX:
+        raise RequestError(f"label height {banner_px} is outside 0..{MAX_HEIGHT_PX} pixels")
+    space = "ycc" if look.image_format == "jpeg" else "rgb"
+    planes = map_contrast_planes(
+        view.reduced, levels, look.colormap, space=space, top_rows=banner_px
+    )
+    if banner_px > 0:
         text = label_text(
             look.label,
             int(view.meta["frame"]),
             int(view.meta["first_frame"]),
             int(view.meta["last_frame"]),
         )
-        rgb = add_label(rgb, text, look.label_height_px)
-    if look.image_format == "png":
-        data = encode_png(rgb)
-    elif look.image_format == "jpeg":
-        data = encode_jpeg(rgb, look.quality)
+        banner = render_banner(text, planes.shape[2], banner_px)
+        planes[0, :banner_px] = banner
+        # White and black are neutral: chroma 128 in YCbCr, the same grey in every RGB plane.
+        planes[1:, :banner_px] = 128 if space == "ycc" else banner
+    if space == "ycc":
+        data = encode_jpeg_ycc(planes, look.quality)
     else:
-        raise RequestError(f"unknown image format {look.image_format!r}; use jpeg or png")
-    return RenderedImage(data=data, levels=levels, width_px=rgb.shape[1], height_px=rgb.shape[0])
+        data = encode_png(np.ascontiguousarray(np.moveaxis(planes, 0, -1)))
+    return RenderedImage(
+        data=data, levels=levels, width_px=planes.shape[2], height_px=planes.shape[1]
+    )
 
 
 def render_file(spec: ViewSpec, look: Look) -> tuple[RenderedImage, ReducedView]:

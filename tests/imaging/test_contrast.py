@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imageserver.errors import RequestError
-from imageserver.imaging.colormaps import BLUE_GREY, COLORMAPS, CYAN, RED
-from imageserver.imaging.contrast import Levels, choose_levels, map_contrast
+from imageserver.imaging.colormaps import BLUE_GREY, COLORMAPS, CYAN, RED, rgb_to_ycc
+from imageserver.imaging.contrast import Levels, choose_levels, map_contrast, map_contrast_planes
 from imageserver.imaging.geometry import View
 from imageserver.imaging.reduce import Flags, Reduced
 from imageserver.imaging.stats import ViewStats
@@ -109,3 +109,29 @@ def test_large_image_split_over_threads_matches_row_by_row() -> None:
     bottom = map_contrast(reduced_of(values[-3:], flags[-3:], np.uint16), levels, "heat")
     np.testing.assert_array_equal(whole[:3], top)
     np.testing.assert_array_equal(whole[-3:], bottom)
+
+
+def test_planes_hold_the_rgb_image_or_its_ycbcr_below_the_rows_left_for_a_banner() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 60, (5, 7)).astype(np.uint32)
+    flags = rng.choice(np.array([OK, MASKED, SATURATED], np.uint8), size=values.shape)
+    reduced, levels = reduced_of(values, flags), Levels(white=10, black=50)
+    for name in COLORMAPS:
+        rgb = map_contrast(reduced, levels, name)
+        rgb_planes = map_contrast_planes(reduced, levels, name, space="rgb", top_rows=2)
+        ycc_planes = map_contrast_planes(reduced, levels, name, top_rows=2)
+        assert rgb_planes.shape == ycc_planes.shape == (3, 7, 7)
+        np.testing.assert_array_equal(np.moveaxis(rgb_planes[:, 2:], 0, -1), rgb)
+        np.testing.assert_array_equal(np.moveaxis(ycc_planes[:, 2:], 0, -1), rgb_to_ycc(rgb))
+
+
+def test_ycbcr_of_greys_is_exact_and_of_colours_round_trips() -> None:
+    greys = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    ycc = rgb_to_ycc(greys)
+    assert ycc[:, 0].tolist() == list(range(256))
+    assert np.all(ycc[:, 1:] == 128)
+    # JFIF's inverse (the decoder's), from the spec's coefficients.
+    colours = np.array([RED, CYAN, BLUE_GREY, (0x44, 0x01, 0x54)], dtype=np.uint8)
+    y, cb, cr = (rgb_to_ycc(colours).astype(float) - [0, 128, 128]).T
+    back = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
+    assert np.abs(np.clip(np.rint(back), 0, 255) - colours).max() <= 1

@@ -10,7 +10,8 @@ import simplejpeg
 from PIL import Image
 
 from imageserver.errors import RequestError
-from imageserver.imaging.encode import encode_jpeg, encode_png
+from imageserver.imaging.colormaps import rgb_to_ycc
+from imageserver.imaging.encode import encode_jpeg, encode_jpeg_ycc, encode_png
 
 
 def test_jpeg_decodes_to_the_image_within_tolerance() -> None:
@@ -30,6 +31,26 @@ def test_lone_red_overload_pixel_stays_red() -> None:
     decoded = simplejpeg.decode_jpeg(encode_jpeg(image, 90))
     red, green, blue = decoded[9, 13].astype(int)
     assert red > 200 and green < 60 and blue < 60
+
+
+def test_ycbcr_planes_decode_to_the_rgb_they_came_from() -> None:
+    image = np.full((32, 40, 3), 255, dtype=np.uint8)
+    image[:, :20] = np.linspace(0, 255, 20).astype(np.uint8)[None, :, None]
+    image[9, 33] = (255, 0, 0)
+    planes = np.ascontiguousarray(np.moveaxis(rgb_to_ycc(image), -1, 0))
+    data = encode_jpeg_ycc(planes, 90)
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    decoded = simplejpeg.decode_jpeg(data).astype(int)
+    assert decoded.shape == image.shape
+    assert np.abs(decoded[:, :20] - image[:, :20]).mean() < 3
+    red, green, blue = decoded[9, 33]
+    assert red > 200 and green < 60 and blue < 60  # 4:4:4: a lone overload stays red
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (1, 32, 32), (4, 8, 8), (3, 0, 8)])
+def test_ycbcr_encoding_refuses_anything_but_three_planes(shape: tuple[int, ...]) -> None:
+    with pytest.raises(RequestError, match="planes"):
+        encode_jpeg_ycc(np.zeros(shape, dtype=np.uint8))
 
 
 def test_greyscale_image_is_encoded_as_one_channel() -> None:

@@ -14,12 +14,12 @@ from imageserver.imaging import kernels
 def test_out_of_range_flags_take_the_overload_colour_not_memory_beyond_the_palette() -> None:
     values = np.zeros((1, 2), dtype=np.uint16)
     flags = np.array([[kernels.SATURATED, 200]], dtype=np.uint8)
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    masked = np.array([1, 2, 3], dtype=np.uint8)
-    overload = np.array([9, 8, 7], dtype=np.uint8)
-    out = np.zeros((1, 2, 3), dtype=np.uint8)
-    kernels.map_to_rgb(values, flags, 0, 1, lut, masked, overload, out)
-    assert out[0].tolist() == [[9, 8, 7], [9, 8, 7]]
+    palette = np.zeros(258, dtype=np.uint32)
+    palette[256] = 1 | 2 << 8 | 3 << 16  # masked
+    palette[257] = 9 | 8 << 8 | 7 << 16  # overload
+    out = np.zeros((3, 1, 2), dtype=np.uint8)
+    kernels.map_to_planes(values, flags, 0, 1, palette, 0, 1, 0, out)
+    assert out[:, 0].T.tolist() == [[9, 8, 7], [9, 8, 7]]
 
 
 def test_max_pool_counts_saturated_pixels_only_from_count_lo() -> None:
@@ -50,16 +50,17 @@ def test_kernels_compile_in_memory_when_no_cache_directory_is_writable() -> None
         "from imageserver.imaging.reduce import warm_up\n"
         "from imageserver.imaging import kernels\n"
         "warm_up()\n"
-        "out = np.zeros((1, 1, 3), np.uint8)\n"
-        "kernels.map_to_rgb(np.array([[7]], np.uint32), np.zeros((1, 1), np.uint8), 0, 10,\n"
-        "    np.arange(768, dtype=np.uint16).astype(np.uint8).reshape(256, 3),\n"
-        "    np.zeros(3, np.uint8), np.zeros(3, np.uint8), out)\n"
-        "print(out.tolist())\n"
+        "out = np.zeros((3, 1, 1), np.uint8)\n"
+        "i = np.arange(258, dtype=np.uint32)\n"
+        "palette = (3 * i % 256) | (2 * i % 256) << 8 | (i % 256) << 16\n"
+        "kernels.map_to_planes(np.array([[7]], np.uint32), np.zeros((1, 1), np.uint8), 0, 10,\n"
+        "    palette, 0, 1, 0, out)\n"
+        "print(out[:, 0, 0].tolist())\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    # index ⌊255 · 7 / 10⌋ = 178; the test LUT holds (3i, 3i + 1, 3i + 2) mod 256 at i.
-    assert result.stdout.strip() == "[[[22, 23, 24]]]"
+    # index ⌊255 · 7 / 10⌋ = 178; the test palette holds (3i, 2i, i) mod 256 at i.
+    assert result.stdout.strip() == "[22, 100, 178]"
     assert result.stderr.count("numba disk cache unavailable") == 1

@@ -7,6 +7,7 @@ black level" (index 255); the names follow the legacy meaning of white and black
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from imageserver.errors import RequestError
 
 Rgb = tuple[int, int, int]
 Lut = npt.NDArray[np.uint8]
+Palette = npt.NDArray[np.uint32]
 
 RED: Rgb = (255, 0, 0)
 CYAN: Rgb = (0, 255, 255)
@@ -31,6 +33,40 @@ class Colormap:
     lut: Lut
     overload: Rgb
     masked: Rgb
+
+    @functools.cached_property
+    def rgb_palette(self) -> Palette:
+        """The ramp, then the masked and the overload colour (the contrast kernel's indices
+        256 and 257), each packed as R | G << 8 | B << 16."""
+        return pack_palette(np.concatenate([self.lut, [self.masked, self.overload]]))
+
+    @functools.cached_property
+    def ycc_palette(self) -> Palette:
+        """The same colours in JFIF YCbCr (what a JPEG stores): grey g is exactly (g, 128, 128)."""
+        return pack_palette(rgb_to_ycc(np.concatenate([self.lut, [self.masked, self.overload]])))
+
+
+def pack_palette(colours: npt.ArrayLike) -> Palette:
+    """(n, 3) colours as n uint32, channel k in bits 8k..8k+7; read-only."""
+    channels = np.asarray(colours, dtype=np.uint32)
+    packed = (channels[:, 0] | channels[:, 1] << 8 | channels[:, 2] << 16).astype(np.uint32)
+    packed.setflags(write=False)
+    return packed
+
+
+def rgb_to_ycc(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """JFIF (ITU-R BT.601 full range) YCbCr of (..., 3) RGB, rounded as libjpeg does."""
+    ycc = rgb.astype(np.float64) @ _RGB_TO_YCC.T + np.array([0.0, 128.0, 128.0])
+    return np.clip(np.floor(ycc + 0.5), 0, 255).astype(np.uint8)
+
+
+_RGB_TO_YCC = np.array(
+    [
+        [0.299, 0.587, 0.114],
+        [-0.168735892, -0.331264108, 0.5],
+        [0.5, -0.418687589, -0.081312411],
+    ]
+)
 
 
 def ramp_lut(knots: list[Rgb]) -> Lut:

@@ -173,8 +173,7 @@ def warm_up() -> None:
     """
     mask = np.zeros((2, 2), dtype=np.uint8)
     lo, hi = np.array([0], dtype=np.int64), np.array([2], dtype=np.int64)
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    rgb = np.zeros(3, dtype=np.uint8)
+    palette = np.zeros(258, dtype=np.uint32)
     for dtype in (np.uint16, np.uint32):
         values = np.zeros((1, 1), dtype=dtype)
         flags = np.zeros((1, 1), dtype=np.uint8)
@@ -183,7 +182,7 @@ def warm_up() -> None:
                 np.zeros((2, 2), dtype=dtype), mask, has_mask, lo, hi, lo, lo, hi, 1,
                 values, flags, np.zeros(1, dtype=np.int64),
             )  # fmt: skip
-        kernels.map_to_rgb(values, flags, 0, 1, lut, rgb, rgb, np.zeros((1, 1, 3), np.uint8))
+        kernels.map_to_planes(values, flags, 0, 1, palette, 0, 1, 0, np.zeros((3, 1, 1), np.uint8))
         ints, floats = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64)
         kernels.shell_moments(
             values, flags, 0, 0.0, 0.0, 0.0, 1.0, flags.copy(), ints, ints, floats, ints, ints
