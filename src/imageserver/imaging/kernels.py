@@ -230,14 +230,27 @@ def shell_moments(
             dx = c + 0.5 - beam_x
             scaled = (dx * dx + dy * dy - d2_min) * shell_scale
             shells[r, c] = np.int64(min(scaled, top)) if scaled > 0.0 else 0
-        for c in range(values.shape[1]):
-            if flags[r, c] != MASKED:
-                s, v = shells[r, c], np.int64(values[r, c])
-                n_px[s] += 1
-                total[s] += v
-                total2[s] += np.float64(v) * np.float64(v)
-                low[s] = min(low[s], v)
-                high[s] = max(high[s], v)
+        # Along a row the shell changes rarely: sum a run in registers, then add it to its
+        # shell (adding every pixel through memory serialises on the same counter).
+        c = 0
+        while c < values.shape[1]:
+            s = shells[r, c]
+            run_n, run_sum, run_sum2 = 0, np.int64(0), 0.0
+            run_low, run_high = np.iinfo(np.int64).max, np.int64(-1)
+            while c < values.shape[1] and shells[r, c] == s:
+                if flags[r, c] != MASKED:
+                    v = np.int64(values[r, c])
+                    run_n += 1
+                    run_sum += v
+                    run_sum2 += np.float64(v) * np.float64(v)
+                    run_low = min(run_low, v)
+                    run_high = max(run_high, v)
+                c += 1
+            n_px[s] += run_n
+            total[s] += run_sum
+            total2[s] += run_sum2
+            low[s] = min(low[s], run_low)
+            high[s] = max(high[s], run_high)
     counts[:], sums[:], sums2[:], mins[:], maxs[:] = n_px, total, total2, low, high
 
 
@@ -251,10 +264,17 @@ def shell_deviations(values, flags, shells, means, spot_limits, dev2, spots):
     """Pass 2: squared deviations from each shell's mean, and pixels above its spot limit."""
     deviations2, n_spots = np.zeros(dev2.shape[0]), np.zeros(spots.shape[0], np.int64)
     for r in range(values.shape[0]):
-        for c in range(values.shape[1]):
-            if flags[r, c] != MASKED:
-                s = shells[r, c]
-                d = np.float64(values[r, c]) - means[s]
-                deviations2[s] += d * d
-                n_spots[s] += d > spot_limits[s]
+        c = 0
+        while c < values.shape[1]:  # runs of one shell, as in shell_moments
+            s = shells[r, c]
+            mean, limit = means[s], spot_limits[s]
+            run_dev2, run_spots = 0.0, 0
+            while c < values.shape[1] and shells[r, c] == s:
+                if flags[r, c] != MASKED:
+                    d = np.float64(values[r, c]) - mean
+                    run_dev2 += d * d
+                    run_spots += d > limit
+                c += 1
+            deviations2[s] += run_dev2
+            n_spots[s] += run_spots
     dev2[:], spots[:] = deviations2, n_spots
