@@ -12,11 +12,9 @@ logged at DEBUG level, e.g. ``jpeg <fn> frame 2: memory``; the sources are liste
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -28,6 +26,7 @@ from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.encode import encode_jpeg
 from imageserver.imaging.label import add_label
 from imageserver.render import Look, ViewSpec
+from imageserver.service.meta_json import MetaJsonCache, encode_meta
 from imageserver.service.requests import (
     JpegRequest,
     MetaRequest,
@@ -46,6 +45,7 @@ MAX_BLANK_PX = 4096
 """A blank answer is never larger than this, whatever xsize asked (legacy bug B12)."""
 
 Job = Callable[[Request, CachedRenderer], list[bytes]]
+_META_JSON = MetaJsonCache()
 
 
 def handle(
@@ -97,7 +97,7 @@ def run_jpeg(request: Request, renderer: CachedRenderer) -> list[bytes]:
     log.debug("jpeg %s frame %d: %s", request.fn, request.frame, served.source)
     image = served.value.image
     job = echo_job(request, wval_used=image.levels.white, bval_used=image.levels.black)
-    return success_frames(job, _json({**served.value.meta, "fn": request.fn}), image.data)
+    return success_frames(job, _META_JSON.encode(served.value.meta, request.fn), image.data)
 
 
 def _blank(request: JpegRequest, reason: str) -> list[bytes]:
@@ -119,7 +119,7 @@ def run_spots(request: Request, renderer: CachedRenderer) -> list[bytes]:
     if served.value.stats.spots is None:
         raise MissingMetadataError(f"{request.fn}: no beam centre in the file; cannot count spots")
     job = echo_job(request, xsize=request.xsize, zoom=1.0, segcol=0.0, segrow=0.0)
-    return success_frames(job, _json({**served.value.meta, "fn": request.fn}))
+    return success_frames(job, _META_JSON.encode(served.value.meta, request.fn))
 
 
 def run_meta(request: Request, _renderer: CachedRenderer) -> list[bytes]:
@@ -132,18 +132,13 @@ def run_meta(request: Request, _renderer: CachedRenderer) -> list[bytes]:
             f"{request.fn}: frame {request.frame} is outside {meta.first_frame}..{meta.last_frame}"
         )
     return success_frames(
-        echo_job(request), _json(legacy_meta(meta, fn=request.fn, frame=request.frame))
+        echo_job(request), encode_meta(legacy_meta(meta, fn=request.fn, frame=request.frame))
     )
 
 
 def run_obsolete(request: Request, _renderer: CachedRenderer) -> list[bytes]:
     assert isinstance(request, ObsoleteRequest)
     return error_frames(f"Obsolete job type '{request.type_name}'")
-
-
-def _json(value: dict[str, Any]) -> bytes:
-    """Compact with sorted keys, as the legacy server (jansson) wrote it."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
 JOBS: dict[type, Job] = {
