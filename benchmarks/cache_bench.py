@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from chain_bench import N_FRAMES, BenchUsers, write_series_once
+from chain_bench import N_FRAMES, BenchUsers, ThreadClients, write_series_once
 from imageserver.allocator import tune_allocator
 from imageserver.cache.codec import FrameCodec
 from imageserver.client import Reply
@@ -64,9 +64,9 @@ def main() -> int:
         rows += bench_frame_through_redis(master, redis_server)
         frames = iter(range(1, N_FRAMES + 1))
         budget = args.budget_mib << 20
-        with running(work / "on", redis_server, f"memory_budget_bytes = {budget}\n") as service:
-            rows += bench_cached(service, master, frames, args.runs, users, redis_server)
-            rows += bench_memory_bound(service, master, users, args.distinct, budget)
+        with running(work / "on", redis_server, f"memory_budget_bytes = {budget}\n") as on:
+            rows += bench_cached(on, master, frames, args.runs, users, redis_server)
+            rows += bench_memory_bound(on, master, users, args.distinct, budget)
         with running(work / "off", redis_server, "memory_budget_bytes = 0\n", shared=False) as off:
             rows += bench_uncached(off, master, args.runs, users)
     finally:
@@ -80,7 +80,10 @@ def main() -> int:
 
 
 class running:  # noqa: N801 (used as a context manager, like open)
-    """A LocalService with extra [cache] keys, optionally without the shared tier."""
+    """A LocalService with extra [cache] keys, optionally without the shared tier.
+
+    It yields itself: ``service``, and ``clients`` (persistent ones, closed before it stops).
+    """
 
     def __init__(
         self, directory: Path, server: EmbeddedRedis, cache_keys: str, *, shared: bool = True
@@ -91,11 +94,14 @@ class running:  # noqa: N801 (used as a context manager, like open)
             text = self.service.config.read_text()
             cache_url = server.url.rsplit("/", 1)[0] + "/1"
             self.service.config.write_text(text.replace(f'"{cache_url}"', '""'))
+        self.clients = ThreadClients(self.service)
 
-    def __enter__(self) -> LocalService:
-        return self.service.start()
+    def __enter__(self) -> running:
+        self.service.start()
+        return self
 
     def __exit__(self, *_exc: object) -> None:
+        self.clients.close()
         self.service.stop()
 
 
@@ -139,19 +145,20 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def bench_cached(
-    service: LocalService,
+    bench: running,
     master: Path,
     frames: Iterator[int],
     runs: int,
     users: BenchUsers,
     redis_server: EmbeddedRedis,
 ) -> list[Row]:
+    service = bench.service
     is_root = os.geteuid() == 0
     esafs = [BENCH_ESAF] if is_root else []
     user_a = users.make()
     pid_a = service.session(user_a, esafs)
     esaf = BENCH_ESAF if is_root else 0
-    request = requester(service, pid_a, master, esaf)
+    request = requester(bench.clients, pid_a, master, esaf)
     warm_heap(request, [next(frames) for _ in range(heap_frames(service))])
     cold = [request(next(frames)) for _ in range(runs)]
     frame = next(frames)
@@ -180,21 +187,21 @@ def bench_cached(
         ("16 tiles ×4, 1024 wide, of a new frame, at once (wall)", mosaic_1024, ""),
     ]
     if is_root:
-        rows += bench_shared(service, master, request, users, redis_server)
+        rows += bench_shared(bench, master, request, users, redis_server)
     return rows
 
 
 def bench_shared(
-    service: LocalService,
+    bench: running,
     master: Path,
     request_a: Callable[..., float],
     users: BenchUsers,
     redis_server: EmbeddedRedis,
 ) -> list[Row]:
     """Views made by user A's worker, read by user B's worker (same ESAF) from Redis."""
-    pid_b = service.session(users.make(), [BENCH_ESAF])
-    request_b = requester(service, pid_b, master, BENCH_ESAF)
-    warm_heap(request_b, list(range(31, 31 + heap_frames(service))))
+    pid_b = bench.service.session(users.make(), [BENCH_ESAF])
+    request_b = requester(bench.clients, pid_b, master, BENCH_ESAF)
+    warm_heap(request_b, list(range(31, 31 + heap_frames(bench.service))))
     cache_db = redis.Redis(port=redis_server.port, db=1)
     from_redis = []
     for index in range(15):
@@ -230,9 +237,9 @@ def wait_for_views(cache_db: redis.Redis, at_least: int) -> None:
         time.sleep(0.002)
 
 
-def bench_uncached(service: LocalService, master: Path, runs: int, users: BenchUsers) -> list[Row]:
-    pid = service.session(users.make(), [])
-    request = requester(service, pid, master, 0)
+def bench_uncached(bench: running, master: Path, runs: int, users: BenchUsers) -> list[Row]:
+    pid = bench.service.session(users.make(), [])
+    request = requester(bench.clients, pid, master, 0)
     request(1, xsize=64)
     cold = [request(1 + i % N_FRAMES) for i in range(runs)]
     contrast = [request(5, contrast=30 + i) for i in range(runs)]
@@ -247,14 +254,14 @@ def bench_uncached(service: LocalService, master: Path, runs: int, users: BenchU
 
 
 def bench_memory_bound(
-    service: LocalService, master: Path, users: BenchUsers, distinct: int, budget: int
+    bench: running, master: Path, users: BenchUsers, distinct: int, budget: int
 ) -> list[Row]:
     """RSS of one worker through a stream of distinct requests (8 frames, varied views)."""
     user = users.make()
-    pid = service.session(user, [])
-    request = requester(service, pid, master, 0)
+    pid = bench.service.session(user, [])
+    request = requester(bench.clients, pid, master, 0)
     request(40, xsize=64)
-    worker = worker_of(service, pwd.getpwnam(user).pw_uid)
+    worker = worker_of(bench.service, pwd.getpwnam(user).pw_uid)
     baseline = rss_bytes(worker)
     times = []
     for i in range(distinct):
@@ -279,12 +286,12 @@ def bench_memory_bound(
     return [(name, times, f"≤ {(baseline + budget) >> 20} MiB + fixed")]
 
 
-def requester(service: LocalService, pid: str, master: Path, esaf: int) -> Callable[..., float]:
+def requester(clients: ThreadClients, pid: str, master: Path, esaf: int) -> Callable[..., float]:
     def request(frame: int, **fields: object) -> float:
         job = {"type": "jpeg", "pid": pid, "esaf": esaf, "fn": str(master), "frame": frame}
         job.update({"xsize": 1024, **fields})
         started = time.perf_counter()
-        reply = service.request(job, timeout_s=60)
+        reply = clients.request(job)
         elapsed = time.perf_counter() - started
         check(reply)
         return elapsed

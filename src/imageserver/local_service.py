@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from imageserver.client import Reply, ReplyTimeoutError, send_request
+from imageserver.client import Client, Reply, ReplyTimeoutError, send_request
 from imageserver.config import Settings, load_settings
 from imageserver.errors import ImageServerError
 from imageserver.service.auth import (
@@ -117,6 +117,10 @@ class LocalService:
 
     def request(self, request: dict[str, Any], timeout_s: float = 20.0) -> Reply:
         return send_request(self.front, request, timeout_s=timeout_s, context=self.context)
+
+    def client(self) -> Client:
+        """A persistent client of the front; close it before `stop` (which ends the context)."""
+        return Client(self.front, context=self.context)
 
     def manager_pid(self) -> int:
         return self.processes["serve"].pid
