@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import bitshuffle
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters with HDF5)
 import numpy as np
@@ -31,6 +30,7 @@ from imageserver.errors import (
     FrameRangeError,
     MissingMetadataError,
 )
+from imageserver.formats import bslz4
 from imageserver.formats.base import Frame, FrameMeta, MaskArray, PixelArray
 from imageserver.formats.eiger_tables import (
     SPECIFIC,
@@ -46,9 +46,7 @@ DATA_GROUP = "/entry/data"
 MASK_PATH = f"{SPECIFIC}/pixel_mask"
 BITSHUFFLE_FILTER_ID = 32008
 _BITSHUFFLE_LZ4 = 2  # the compression flag in the filter's fifth parameter
-_BLOCKED_MULT = 8  # bitshuffle block sizes are multiples of 8 elements
 _CHUNK_HEADER = struct.Struct(">QI")  # uncompressed bytes, block size in bytes
-_BLOCK_HEADER = struct.Struct(">I")  # compressed bytes of one LZ4 block
 
 _PIXEL_TYPES: dict[np.dtype, np.dtype] = {
     np.dtype(np.uint16): np.dtype(np.uint16),
@@ -350,23 +348,16 @@ def _decode_chunk(
         if len(chunk) != n_elements * dtype.itemsize:
             raise CorruptFrameError(f"{path}: an unfiltered chunk at {offset} has a wrong size")
         return np.frombuffer(chunk, dtype=dtype).reshape(chunks).copy()
-    block_elements = _check_bslz4_chunk(chunk, n_elements, dtype.itemsize, offset, path)
-    stream = np.frombuffer(chunk, dtype=np.uint8, offset=_CHUNK_HEADER.size)
-    try:
-        return bitshuffle.decompress_lz4(stream, chunks, dtype, block_elements)
-    except RuntimeError as exc:
-        raise CorruptFrameError(f"{path}: chunk at {offset} does not decompress: {exc}") from exc
-
-
-def _check_bslz4_chunk(
-    chunk: bytes, n_elements: int, itemsize: int, offset: tuple[int, int, int], path: str
-) -> int:
-    """Check the header and walk the block sizes; return the block size in elements.
-
-    bitshuffle trusts every block length it reads, so one flipped bit in a corrupt or
-    truncated chunk would make it read past the buffer and crash the process.
-    """
     where = f"{path}: chunk at {offset}"
+    block_elements = _chunk_block_elements(chunk, n_elements, dtype.itemsize, where)
+    try:
+        return bslz4.decompress(chunk, _CHUNK_HEADER.size, chunks, dtype, block_elements)
+    except bslz4.Bslz4Error as exc:
+        raise CorruptFrameError(f"{where} is {exc}") from None
+
+
+def _chunk_block_elements(chunk: bytes, n_elements: int, itemsize: int, where: str) -> int:
+    """The block size in elements from the chunk's header, once the header is checked."""
     if len(chunk) < _CHUNK_HEADER.size:
         raise CorruptFrameError(f"{where} is truncated ({len(chunk)} bytes)")
     total_bytes, block_bytes = _CHUNK_HEADER.unpack_from(chunk)
@@ -375,23 +366,12 @@ def _check_bslz4_chunk(
         total_bytes != n_elements * itemsize
         or block_bytes % itemsize
         or block_elements == 0
-        or block_elements % _BLOCKED_MULT
+        or block_elements % bslz4.BLOCKED_MULT
     ):
         raise CorruptFrameError(
             f"{where} has an invalid bitshuffle header ({total_bytes} bytes in blocks of "
             f"{block_bytes}; expected {n_elements * itemsize} bytes)"
         )
-    n_blocks, rest = divmod(n_elements, block_elements)
-    n_blocks += rest >= _BLOCKED_MULT
-    end = len(chunk) - (n_elements % _BLOCKED_MULT) * itemsize
-    position = _CHUNK_HEADER.size
-    unpack = _BLOCK_HEADER.unpack_from
-    for _ in range(n_blocks):
-        if position + 4 > end:
-            raise CorruptFrameError(f"{where} is truncated or corrupt (block past the end)")
-        position += 4 + unpack(chunk, position)[0]
-    if position != end:
-        raise CorruptFrameError(f"{where} is corrupt (blocks do not fill the chunk)")
     return block_elements
 
 
