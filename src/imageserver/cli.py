@@ -21,6 +21,7 @@ from imageserver.demo import run_demo as demo
 from imageserver.errors import FrameRangeError, ImageServerError
 from imageserver.formats import read_meta
 from imageserver.formats.legacy import legacy_meta
+from imageserver.imaging.encode import JPEG_CHROMA
 from imageserver.logs import configure_logging
 from imageserver.render import Look, ViewSpec, render_file
 from imageserver.sampledata.dataset import write_sample_data
@@ -155,6 +156,9 @@ def _add_look_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default="", help="banner text")
     parser.add_argument("--label-height", type=int, default=0, help="banner rows (0..64)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100")
+    parser.add_argument(
+        "--chroma", choices=JPEG_CHROMA, default="420", help="JPEG chroma subsampling"
+    )
 
 
 def _look(args: argparse.Namespace) -> Look:
@@ -165,6 +169,7 @@ def _look(args: argparse.Namespace) -> Look:
         label=args.label,
         label_height_px=args.label_height,
         quality=args.quality,
+        chroma=args.chroma,
     )
 
 

@@ -18,6 +18,7 @@ from imageserver.errors import RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame
 from imageserver.formats.legacy import legacy_meta
+from imageserver.imaging.colormaps import get_colormap
 from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_planes
 from imageserver.imaging.encode import encode_jpeg_ycc, encode_png
 from imageserver.imaging.geometry import View, plan_view
@@ -55,6 +56,8 @@ class Look:
     quality: int = 90
     image_format: str = "jpeg"
     """"jpeg" (simplejpeg, ``quality``) or "png" (lossless 8-bit RGB)."""
+    chroma: str = "420"
+    """JPEG chroma: "420" (fast, small; overload pixels keep their colour) or "444" (exact)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ def render_jpeg(view: ReducedView, look: Look) -> RenderedImage:
         # White and black are neutral: chroma 128 in YCbCr, the same grey in every RGB plane.
         planes[1:, :banner_px] = 128 if space == "ycc" else banner
     if space == "ycc":
-        data = encode_jpeg_ycc(planes, look.quality)
+        keep = get_colormap(look.colormap).overload_chroma
+        data = encode_jpeg_ycc(planes, look.quality, subsampling=look.chroma, keep_chroma=keep)
     else:
         data = encode_png(np.ascontiguousarray(np.moveaxis(planes, 0, -1)))
     return RenderedImage(

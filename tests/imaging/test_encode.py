@@ -10,7 +10,7 @@ import simplejpeg
 from PIL import Image
 
 from imageserver.errors import RequestError
-from imageserver.imaging.colormaps import rgb_to_ycc
+from imageserver.imaging.colormaps import RED, get_colormap, rgb_to_ycc
 from imageserver.imaging.encode import encode_jpeg, encode_jpeg_ycc, encode_png
 
 
@@ -33,18 +33,44 @@ def test_lone_red_overload_pixel_stays_red() -> None:
     assert red > 200 and green < 60 and blue < 60
 
 
-def test_ycbcr_planes_decode_to_the_rgb_they_came_from() -> None:
-    image = np.full((32, 40, 3), 255, dtype=np.uint8)
+def _overload_test_planes() -> tuple[np.ndarray, np.ndarray]:
+    """A grey ramp beside white with one red pixel, as RGB and as YCbCr planes."""
+    image = np.full((33, 41, 3), 255, dtype=np.uint8)  # odd sizes: partial chroma blocks
     image[:, :20] = np.linspace(0, 255, 20).astype(np.uint8)[None, :, None]
-    image[9, 33] = (255, 0, 0)
-    planes = np.ascontiguousarray(np.moveaxis(rgb_to_ycc(image), -1, 0))
-    data = encode_jpeg_ycc(planes, 90)
+    image[9, 33] = RED
+    return image, np.ascontiguousarray(np.moveaxis(rgb_to_ycc(image), -1, 0))
+
+
+@pytest.mark.parametrize("subsampling", ["420", "444"])
+def test_ycbcr_planes_decode_to_the_rgb_they_came_from(subsampling: str) -> None:
+    image, planes = _overload_test_planes()
+    keep = get_colormap("grey").overload_chroma
+    data = encode_jpeg_ycc(planes, 90, subsampling=subsampling, keep_chroma=keep)
     assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
     decoded = simplejpeg.decode_jpeg(data).astype(int)
     assert decoded.shape == image.shape
     assert np.abs(decoded[:, :20] - image[:, :20]).mean() < 3
-    red, green, blue = decoded[9, 33]
-    assert red > 200 and green < 60 and blue < 60  # 4:4:4: a lone overload stays red
+    assert _is_red(decoded[9, 33])  # a lone overload stays red (4:4:4: 249, 0, 55)
+
+
+def test_plain_4_2_0_would_turn_a_lone_overload_grey() -> None:
+    """Why the overload chroma is kept whole: averaged, the red pixel becomes dark grey."""
+    _image, planes = _overload_test_planes()
+    decoded = simplejpeg.decode_jpeg(encode_jpeg_ycc(planes, 90, keep_chroma=None)).astype(int)
+    assert not _is_red(decoded[9, 33])
+
+
+def _is_red(pixel: np.ndarray) -> bool:
+    """Red as a browser shows it: decoders smooth 4:2:0 chroma ("fancy upsampling"), which
+    darkens a kept overload pixel to about (172, 28, 55); averaged it would be (82, 70, 70)."""
+    red, green, blue = pixel
+    return bool(red > 150 and green < 60 and blue < 80)
+
+
+def test_views_are_encoded_4_2_0_or_4_4_4_only() -> None:
+    _image, planes = _overload_test_planes()
+    with pytest.raises(RequestError, match="chroma must be one of 420, 444"):
+        encode_jpeg_ycc(planes, 90, subsampling="422")
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (1, 32, 32), (4, 8, 8), (3, 0, 8)])

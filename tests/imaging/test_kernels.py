@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from imageserver.imaging import kernels
 
@@ -37,6 +38,35 @@ def test_max_pool_counts_saturated_pixels_only_from_count_lo() -> None:
     assert per_row.tolist() == [2, 2]
     assert values[:, 0].tolist() == [5, 5]
     assert flags[:, 0].tolist() == [kernels.SATURATED] * 2
+
+
+def _reference_subsampling(plane: np.ndarray, kept: np.ndarray, keep: int) -> np.ndarray:
+    """Plain NumPy: pad by repeating the last row/column, mean of 2 × 2, kept blocks whole."""
+    half = ((plane.shape[0] + 1) // 2, (plane.shape[1] + 1) // 2)
+    pad = ((0, 2 * half[0] - plane.shape[0]), (0, 2 * half[1] - plane.shape[1]))
+    blocks = np.pad(plane, pad, mode="edge").astype(int).reshape(half[0], 2, half[1], 2)
+    return np.where(kept, keep, (blocks.sum(axis=(1, 3)) + 2) // 4)
+
+
+@pytest.mark.parametrize("shape", [(1077, 1024), (7, 9), (1, 1), (2, 3), (5, 2)])
+@pytest.mark.parametrize("keep", [(85, 255), (-1, -1)])
+def test_subsample_chroma_matches_the_plain_mean_with_kept_blocks(
+    shape: tuple[int, int], keep: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    cb = rng.integers(0, 256, shape, dtype=np.uint8)
+    cr = rng.integers(0, 256, shape, dtype=np.uint8)
+    cb[shape[0] // 2, shape[1] // 2], cr[shape[0] // 2, shape[1] // 2] = 85, 255
+    half = ((shape[0] + 1) // 2, (shape[1] + 1) // 2)
+    out_cb, out_cr = np.empty(half, np.uint8), np.empty(half, np.uint8)
+    kernels.subsample_chroma(cb, cr, keep[0], keep[1], 0, half[0], out_cb, out_cr)
+
+    pad = ((0, 2 * half[0] - shape[0]), (0, 2 * half[1] - shape[1]))
+    is_keep = (np.pad(cb, pad, mode="edge") == keep[0]) & (np.pad(cr, pad, mode="edge") == keep[1])
+    kept = is_keep.reshape(half[0], 2, half[1], 2).any(axis=(1, 3))
+    assert kept.any() == (keep[0] >= 0)
+    np.testing.assert_array_equal(out_cb, _reference_subsampling(cb, kept, keep[0]))
+    np.testing.assert_array_equal(out_cr, _reference_subsampling(cr, kept, keep[1]))
 
 
 def test_kernels_compile_in_memory_when_no_cache_directory_is_writable() -> None:

@@ -60,6 +60,7 @@ def test_a_full_jpeg_request_keeps_every_field() -> None:
         labelHeight=16,
         quality=75,
         colormap="heat",
+        chroma="444",
         esaf=41234,
         tag="tile-7",
     )
@@ -76,7 +77,7 @@ def test_a_full_jpeg_request_keeps_every_field() -> None:
         "hello",
         16,
     )
-    assert (request.quality, request.colormap) == (75, "heat")
+    assert (request.quality, request.colormap, request.chroma) == (75, "heat", "444")
     assert (request.pid, request.esaf, request.tag) == (PID, 41234, "tile-7")
 
 
@@ -87,6 +88,7 @@ def test_defaults_are_the_legacy_ones() -> None:
     assert (request.zoom, request.segcol, request.segrow) == (1.0, 0.0, 0.0)
     assert (request.contrast, request.wval, request.label_height) == (0, 0, 0)
     assert (request.quality, request.colormap, request.esaf, request.tag) == (90, "grey", 0, None)
+    assert request.chroma == "420"
 
 
 @pytest.mark.parametrize("pid", [None, 12, "", ["a"], {"a": 1}, True])
@@ -265,6 +267,13 @@ def test_quality_out_of_range_is_refused(quality: int) -> None:
 def test_unknown_colormap_is_refused_naming_the_known_ones() -> None:
     assert refusal({"pid": PID, "type": "jpeg", "colormap": "jet"}) == (
         "unknown colormap 'jet'; known colormaps: grey, heat, inverse, viridis"
+    )
+
+
+@pytest.mark.parametrize("chroma", ["422", "4:4:4", ""])
+def test_chroma_other_than_420_or_444_is_refused(chroma: str) -> None:
+    assert refusal({"pid": PID, "type": "jpeg", "chroma": chroma}) == (
+        f"field 'chroma' must be one of 420, 444, not {chroma!r}"
     )
 
 

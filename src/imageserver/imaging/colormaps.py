@@ -23,6 +23,8 @@ RED: Rgb = (255, 0, 0)
 CYAN: Rgb = (0, 255, 255)
 BLUE_GREY: Rgb = (110, 125, 150)
 MID_GREY: Rgb = (128, 128, 128)
+OVERLOAD_INDEX = 257
+"""Palette entries: 0..255 the ramp, 256 the masked colour, 257 the overload colour."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +46,12 @@ class Colormap:
     def ycc_palette(self) -> Palette:
         """The same colours in JFIF YCbCr (what a JPEG stores): grey g is exactly (g, 128, 128)."""
         return pack_palette(rgb_to_ycc(np.concatenate([self.lut, [self.masked, self.overload]])))
+
+    @functools.cached_property
+    def overload_chroma(self) -> tuple[int, int]:
+        """(Cb, Cr) of the overload colour: what a 4:2:0 JPEG keeps whole (`encode`)."""
+        packed = int(self.ycc_palette[OVERLOAD_INDEX])
+        return (packed >> 8) & 255, (packed >> 16) & 255
 
 
 def pack_palette(colours: npt.ArrayLike) -> Palette:

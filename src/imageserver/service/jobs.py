@@ -89,6 +89,7 @@ def run_jpeg(request: Request, renderer: CachedRenderer) -> list[bytes]:
         label=request.label,
         label_height_px=request.label_height,
         quality=request.quality,
+        chroma=request.chroma,
     )
     try:
         served = renderer.jpeg(spec, look, fn=request.fn)

@@ -28,6 +28,7 @@ from typing import Any
 from imageserver.config import LimitSettings
 from imageserver.errors import RequestError
 from imageserver.imaging.colormaps import COLORMAPS
+from imageserver.imaging.encode import JPEG_CHROMA
 from imageserver.imaging.geometry import MAX_SEGMENT
 
 INT64_MIN = -(2**63)
@@ -80,6 +81,7 @@ class JpegRequest(BaseRequest):
     label_height: int = 0
     quality: int = 90
     colormap: str = "grey"
+    chroma: str = "420"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +168,10 @@ def _build_jpeg(reader: _FieldReader, common: dict[str, Any]) -> JpegRequest:
     if colormap not in COLORMAPS:
         known = ", ".join(sorted(COLORMAPS))
         raise RequestError(f"unknown colormap {colormap!r}; known colormaps: {known}")
+    chroma = reader.string("chroma", "420")
+    if chroma not in JPEG_CHROMA:
+        choices = ", ".join(JPEG_CHROMA)
+        raise RequestError(f"field 'chroma' must be one of {choices}, not {chroma!r}")
     return JpegRequest(
         fn=reader.path("fn"),
         frame=_frame(reader),
@@ -180,6 +186,7 @@ def _build_jpeg(reader: _FieldReader, common: dict[str, Any]) -> JpegRequest:
         label_height=label_height,
         quality=quality,
         colormap=colormap,
+        chroma=chroma,
         **common,
     )
 
