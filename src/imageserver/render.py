@@ -16,7 +16,7 @@ import numpy as np
 
 from imageserver.errors import RequestError
 from imageserver.formats import open_frame
-from imageserver.formats.base import Frame
+from imageserver.formats.base import Frame, FrameMeta
 from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.colormaps import get_colormap
 from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_planes
@@ -25,6 +25,7 @@ from imageserver.imaging.geometry import View, plan_view
 from imageserver.imaging.label import MAX_HEIGHT_PX, label_text, render_banner
 from imageserver.imaging.reduce import Reduced, reduce_frame
 from imageserver.imaging.stats import ViewStats, view_stats
+from imageserver.memo import IdentityMemo
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,22 @@ def reduce_view(frame: Frame, spec: ViewSpec, *, fn: str | None = None) -> Reduc
     view = plan_frame_view(frame, spec)
     reduced = reduce_frame(frame, view)
     stats = view_stats(reduced, frame.meta.beam_center_x_px, frame.meta.beam_center_y_px)
-    meta = legacy_meta(frame.meta, fn=fn if fn is not None else str(spec.path), frame=frame.number)
+    meta = {
+        **_series_meta(frame.meta),
+        "frame": frame.number,
+        "fn": fn if fn is not None else str(spec.path),
+    }
     meta.update(stats_fields(stats))
     return ReducedView(reduced=reduced, stats=stats, meta=meta)
+
+
+def _legacy_series_meta(meta: FrameMeta) -> dict[str, Any]:
+    return legacy_meta(meta, fn="", frame=0)  # each view sets its own fn and frame
+
+
+_series_meta: IdentityMemo[FrameMeta, dict[str, Any]] = IdentityMemo(_legacy_series_meta)
+"""Legacy meta made once for all views of a frame (0.8 ms with an Eiger series' arrays).
+Keyed by the FrameMeta, which is small: keeping a Frame would keep its pixels."""
 
 
 def stats_fields(stats: ViewStats) -> dict[str, Any]:

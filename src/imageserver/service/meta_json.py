@@ -10,9 +10,9 @@ goes (the file name as that client spelled it), and reused.
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from typing import Any
+
+from imageserver.memo import IdentityMemo
 
 FN_PLACEHOLDER = "\x00fn\x00"
 _FN_FIELD = b'"fn":' + json.dumps(FN_PLACEHOLDER).encode()
@@ -26,27 +26,15 @@ def encode_meta(meta: dict[str, Any]) -> bytes:
 
 
 class MetaJsonCache:
-    """Templates of recently sent metas, by identity of the meta object (which they keep)."""
+    """Templates of recently sent metas, by identity of the meta object."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self._capacity = capacity
-        self._templates: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._templates = IdentityMemo(_template, capacity)
 
     def encode(self, meta: dict[str, Any], fn: str) -> bytes:
         """``meta`` with ``"fn": fn``, as `encode_meta` writes it."""
-        with self._lock:
-            entry = self._templates.get(id(meta))
-            if entry is not None and entry[0] is meta:
-                self._templates.move_to_end(id(meta))
-                template = entry[1]
-            else:
-                template = b""
-        if not template:
-            template = encode_meta({**meta, "fn": FN_PLACEHOLDER})
-            with self._lock:
-                self._templates[id(meta)] = (meta, template)
-                self._templates.move_to_end(id(meta))
-                while len(self._templates) > self._capacity:
-                    self._templates.popitem(last=False)
-        return template.replace(_FN_FIELD, b'"fn":' + json.dumps(fn).encode(), 1)
+        return self._templates(meta).replace(_FN_FIELD, b'"fn":' + json.dumps(fn).encode(), 1)
+
+
+def _template(meta: dict[str, Any]) -> bytes:
+    return encode_meta({**meta, "fn": FN_PLACEHOLDER})
