@@ -27,8 +27,10 @@ from imageserver.errors import FileMissingError, RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame
 from imageserver.render import Look, ViewSpec, render_file
-from imageserver.sampledata.dataset import EIGER16M_STEM, MARCCD_LE
+from imageserver.sampledata.dataset import EIGER16M_STEM, EIGER_PIXEL_M, MARCCD_LE
+from imageserver.sampledata.eiger import write_eiger_series
 from imageserver.sampledata.marccd import write_marccd
+from imageserver.sampledata.pattern import centred_geometry
 from imageserver.service import jobs
 
 GID = 61001
@@ -142,6 +144,27 @@ def test_a_rewritten_file_is_never_served_stale(home: Path) -> None:
     assert new.source == "file" and decode.calls == 2
     assert new.value.image.data != old.image.data
     assert new.value.image.data == render_file(spec, look)[0].data
+
+
+def test_a_rewritten_eiger_data_file_is_never_served_stale(tmp_path: Path) -> None:
+    """The pixels live in the data file: rewriting it, with the master untouched, is seen."""
+    home, elsewhere = tmp_path / "esaf", tmp_path / "elsewhere"
+    geometry = centred_geometry(300, 280, EIGER_PIXEL_M)
+    series = write_eiger_series(home, "s", geometry=geometry, n_frames=2, seed=1)
+    write_eiger_series(elsewhere, "s", geometry=geometry, n_frames=2, seed=2)
+    cached, decode = renderer(home)
+    spec, look = ViewSpec(series, frame=2, xsize=256), Look(contrast=200, wval=0)
+    old = cached.jpeg(spec, look, fn="f").value
+    master_before = os.stat(series)
+    shutil.copy(elsewhere / "s_data_000002.h5", home / "s_data_000002.h5")
+    assert os.stat(series) == master_before
+    new = cached.jpeg(spec, look, fn="f")
+    assert new.source == "file" and decode.calls == 2
+    assert new.value.image.data != old.image.data
+    assert new.value.image.data == render_file(spec, look)[0].data
+    other_frame = ViewSpec(series, frame=1, xsize=256)  # its data file did not change
+    cached.jpeg(other_frame, look, fn="f")
+    assert cached.jpeg(other_frame, look, fn="f").source == "image"
 
 
 def test_workers_of_one_esaf_share_reduced_views_through_redis(home: Path, redis_url: str) -> None:

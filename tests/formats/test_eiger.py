@@ -614,6 +614,27 @@ def test_a_rewritten_series_is_read_afresh(eiger_copy: Path, eiger_reader: Eiger
     np.testing.assert_array_equal(after, stored_frames(eiger_copy)[2])
 
 
+def test_a_data_file_rewritten_in_place_is_read_afresh(
+    eiger_copy: Path, eiger_reader: EigerReader
+) -> None:
+    """Same inode, new bytes: HDF5 would share the still-open old handle's chunk index."""
+    eiger_reader.read_frame(eiger_copy, 1)  # the data file's handle is now open and cached
+    data_file = eiger_copy.with_name("series_data_000001.h5")
+    inode = data_file.stat().st_ino
+    replacement = data_file.with_suffix(".new")
+    shutil.copy2(data_file, replacement)
+    with h5py.File(replacement, "r+") as f:
+        f["/entry/data/data"][0] = f["/entry/data/data"][1]
+    shutil.copyfile(replacement, data_file)  # truncate and write: the inode stays
+    mtime_ns = data_file.stat().st_mtime_ns + 10**9
+    os.utime(data_file, ns=(mtime_ns, mtime_ns))
+    assert data_file.stat().st_ino == inode
+
+    after = eiger_reader.read_frame(eiger_copy, 1).pixels
+
+    np.testing.assert_array_equal(after, stored_frames(eiger_copy)[2])
+
+
 def test_many_threads_read_while_handles_are_evicted(eiger_series: Path) -> None:
     expected = stored_frames(eiger_series)
     handles = HandleCache(max_files=2)  # four files in play: handles are evicted while in use

@@ -2,10 +2,12 @@
 
 A key names the ESAF group whose workers may share the entry, the file (canonical path,
 size, modification and change times: a file rewritten in place gets new keys, so it is never
-served stale), the frame, the *planned* view (after `plan_view`'s rounding, so zoom 2.04 and
-2.0 share an entry) and, for encoded images, the whole look. Paths inside the worker's ESAF
-directory are written relative to it (``~<owner uid>/rel/path``), so nodes that mount the
-ESAF's data at different places still share entries.
+served stale), the frame with the identities of any other files its pixels come from (an
+Eiger master's data file, which can be rewritten while the master stays as it was), the
+*planned* view (after `plan_view`'s rounding, so zoom 2.04 and 2.0 share an entry) and, for
+encoded images, the whole look. Paths inside the worker's ESAF directory are written relative
+to it (``~<owner uid>/rel/path``), so nodes that mount the ESAF's data at different places
+still share entries.
 """
 
 from __future__ import annotations
@@ -113,18 +115,21 @@ def cache_key(
     file: FileIdentity,
     *,
     frame: int | None = None,
+    frame_files: tuple[FileIdentity, ...] = (),
     view: View | None = None,
     look: Look | None = None,
 ) -> CacheKey:
     """The key of a file's dims, a frame, a reduced view or an encoded image (most given wins).
 
     A view key needs its frame, an image key its frame and view; each kind's text holds
-    everything of the kinds before it.
+    everything of the kinds before it. ``frame_files`` are the frame's other source files.
     """
     parts: dict[str, object] = {"file": dataclasses.astuple(file)}
     kind = "dims"
     if frame is not None:
         parts["frame"] = int(frame)
+        if frame_files:
+            parts["frame_files"] = [dataclasses.astuple(other) for other in frame_files]
         kind = "frame"
     if view is not None:
         parts["view"] = dataclasses.astuple(view)

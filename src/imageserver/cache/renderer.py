@@ -22,15 +22,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
+from imageserver import formats
 from imageserver.cache.codec import DimsCodec, ViewCodec
-from imageserver.cache.keys import FileIdentity, Scope, cache_key, file_identity
+from imageserver.cache.keys import CacheKey, FileIdentity, Scope, cache_key, file_identity
 from imageserver.cache.memory import MemoryCache, automatic_budget_bytes
 from imageserver.cache.shared import RedisLink, SharedCache, WriteBehind
 from imageserver.cache.tiered import TieredCache
 from imageserver.config import CacheSettings
-from imageserver.errors import RequestError
+from imageserver.errors import ImageServerError, RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame
 from imageserver.imaging.geometry import View, plan_view
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 Decode = Callable[[Path, int], Frame]
+FrameFiles = Callable[[Path, int], tuple[str, ...]]
 
 SOURCES = ("image", "memory", "shared", "frame", "file")
 """Where an answer came from, cheapest first: the encoded image, the reduced view in this
@@ -91,12 +93,14 @@ class CachedRenderer:
         shared_views: SharedCache[ReducedView] | None = None,
         shared_dims: SharedCache[tuple[int, int]] | None = None,
         decode: Decode = open_frame,
+        frame_files: FrameFiles = formats.frame_files,
     ) -> None:
         self.scope = scope
         self.memory = memory
         self.views: TieredCache[ReducedView] = TieredCache(memory, shared_views)
         self.dims: TieredCache[tuple[int, int]] = TieredCache(memory, shared_dims)
         self.decode = decode
+        self.frame_files = frame_files
         self.counts = RendererCounts()
         self._counts_lock = threading.Lock()
 
@@ -108,25 +112,25 @@ class CachedRenderer:
 
     def reduced_view(self, spec: ViewSpec, *, fn: str) -> Served[ReducedView]:
         """The full-depth view ``spec`` asks for, with its statistics and meta."""
-        file = file_identity(spec.path, self.scope)
-        if file is None:  # unreadable or odd: the reader raises the right error
+        files = self._files(spec)
+        if files is None:  # unreadable or odd: the reader raises the right error
             frame = self.decode(spec.path, spec.frame)
             return self._served(Served(reduce_view(frame, spec, fn=fn), "file"))
-        planned = self._planned(file, spec, fn)
-        return self._served(planned.made or self._reduced_view(file, spec, fn, planned.view))
+        planned = self._planned(files, spec, fn)
+        return self._served(planned.made or self._reduced_view(files, spec, fn, planned.view))
 
     def jpeg(self, spec: ViewSpec, look: Look, *, fn: str) -> Served[RenderedReply]:
         """The encoded image of ``spec`` with ``look``, and the meta of its view."""
-        file = file_identity(spec.path, self.scope)
-        if file is None:
+        files = self._files(spec)
+        if files is None:
             view = reduce_view(self.decode(spec.path, spec.frame), spec, fn=fn)
             return self._served(Served(RenderedReply(render_jpeg(view, look), view.meta), "file"))
-        planned = self._planned(file, spec, fn)
-        key = cache_key(self.scope, file, frame=spec.frame, view=planned.view, look=look)
+        planned = self._planned(files, spec, fn)
+        key = files.key(self.scope, spec.frame, view=planned.view, look=look)
         source = ["image"]
 
         def render() -> RenderedReply:
-            served = planned.made or self._reduced_view(file, spec, fn, planned.view)
+            served = planned.made or self._reduced_view(files, spec, fn, planned.view)
             source[0] = served.source
             return RenderedReply(render_jpeg(served.value, look), served.value.meta)
 
@@ -135,7 +139,21 @@ class CachedRenderer:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _planned(self, file: FileIdentity, spec: ViewSpec, fn: str) -> _Planned:
+    def _files(self, spec: ViewSpec) -> _Files | None:
+        """The identities of the files the frame comes from; None if any cannot be read."""
+        file = file_identity(spec.path, self.scope)
+        if file is None:
+            return None
+        try:
+            paths = self.frame_files(spec.path, spec.frame)
+        except (ImageServerError, OSError):
+            return None
+        others = tuple(file_identity(path, self.scope) for path in paths)
+        if any(other is None for other in others):
+            return None
+        return _Files(file, cast(tuple[FileIdentity, ...], others))
+
+    def _planned(self, files: _Files, spec: ViewSpec, fn: str) -> _Planned:
         """The view ``spec`` asks for on this file, which needs the file's frame size.
 
         The size is kept in memory and Redis. When neither has it, the frame is decoded and
@@ -145,39 +163,39 @@ class CachedRenderer:
         made: list[Served[ReducedView]] = []
 
         def size_and_view() -> tuple[int, int]:
-            frame, source = self._frame(file, spec)
+            frame, source = self._frame(files, spec)
             size = (frame.meta.width_px, frame.meta.height_px)
             try:
                 view = _plan(size, spec)
             except RequestError:
                 return size  # keep the size; the caller's own planning raises the error
-            made.append(self._reduced_view(file, spec, fn, view, (frame, source)))
+            made.append(self._reduced_view(files, spec, fn, view, (frame, source)))
             return size
 
-        size = self.dims.get_or_compute(cache_key(self.scope, file), size_and_view)
+        size = self.dims.get_or_compute(cache_key(self.scope, files.file), size_and_view)
         return _Planned(_plan(size, spec), made[0] if made else None)
 
     def _reduced_view(
         self,
-        file: FileIdentity,
+        files: _Files,
         spec: ViewSpec,
         fn: str,
         view: View,
         held: tuple[Frame, str] | None = None,
     ) -> Served[ReducedView]:
-        key = cache_key(self.scope, file, frame=spec.frame, view=view)
+        key = files.key(self.scope, spec.frame, view=view)
         source = ["file"]
 
         def reduce() -> ReducedView:
-            frame, source[0] = held or self._frame(file, spec)
+            frame, source[0] = held or self._frame(files, spec)
             return reduce_view(frame, spec, fn=fn)
 
         # Holding the frame, a reduction costs a few ms: no need to make other processes wait.
-        is_held = held is not None or cache_key(self.scope, file, frame=spec.frame) in self.memory
+        is_held = held is not None or files.key(self.scope, spec.frame) in self.memory
         value, where = self.views.fetch(key, reduce, claim=not is_held)
         return Served(value, source[0] if where == "computed" else where)
 
-    def _frame(self, file: FileIdentity, spec: ViewSpec) -> tuple[Frame, str]:
+    def _frame(self, files: _Files, spec: ViewSpec) -> tuple[Frame, str]:
         """The decoded frame and "frame" (held in memory) or "file" (decoded now)."""
         source = ["frame"]
 
@@ -185,15 +203,29 @@ class CachedRenderer:
             source[0] = "file"
             return self.decode(spec.path, spec.frame)
 
-        frame: Frame = self.memory.get_or_compute(
-            cache_key(self.scope, file, frame=spec.frame), decode
-        )
+        frame: Frame = self.memory.get_or_compute(files.key(self.scope, spec.frame), decode)
         return frame, source[0]
 
     def _served(self, served: Served[V]) -> Served[V]:
         with self._counts_lock:
             self.counts.by_source[served.source] += 1
         return served
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The file a request names and the frame's other source files (an Eiger data file)."""
+
+    file: FileIdentity
+    others: tuple[FileIdentity, ...]
+
+    def key(
+        self, scope: Scope, frame: int, *, view: View | None = None, look: Look | None = None
+    ) -> CacheKey:
+        """The key of the frame, or of a view or image of it."""
+        return cache_key(
+            scope, self.file, frame=frame, frame_files=self.others, view=view, look=look
+        )
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,11 @@ def open_frame(path: Path, number: int) -> Frame:
     return detect_reader(path).read_frame(path, number)
 
 
+def frame_files(path: Path, number: int) -> tuple[str, ...]:
+    """Files besides ``path`` that frame ``number`` is read from (`Reader.frame_files`)."""
+    return detect_reader(path).frame_files(path, number)
+
+
 def describe_head(head: Head) -> str:
     """The first bytes in words a user can act on: empty, a known non-detector type, or hex."""
     after = f" after {head.compression} decompression" if head.compression else ""

@@ -82,6 +82,9 @@ class CbfReader:
         image = _fabio_image(text, path, header_only=True)
         return _cbf_meta(path, image.header, section)
 
+    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+        return ()  # one file holds everything
+
     def read_frame(self, path: Path, number: int) -> Frame:
         if number != 1:
             raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")

@@ -142,6 +142,12 @@ class EigerReader:
         pixels = _to_pixels(stored, layout.pixel_dtype)
         return Frame(pixels=pixels, mask=layout.mask, meta=layout.meta, number=number, path=path)
 
+    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+        """The linked data file that holds (or should hold) frame ``number``, if any."""
+        layout = self._layout(path)
+        found = _find_entry(layout, number, path)
+        return () if found.path == layout.key.path else (found.path,)
+
     def _layout(self, path: Path, stale: _Layout | None = None) -> _Layout:
         key = _stat(path, path)
         if stale is not None:

@@ -108,6 +108,14 @@ class HandleCache:
                 self._handles.move_to_end(key)
                 handle.users += 1
                 return handle
+            outdated = self._evict_older_version(key)
+        # HDF5 matches an open to files it already has open by inode, and a file rewritten in
+        # place keeps its inode: a handle on the old contents must close first, or the new
+        # open would share its outdated metadata (chunk offsets into the old bytes). One still
+        # in use by another thread closes when that read ends; only a read started then sees
+        # the old structure (and the chunk checks refuse what does not fit).
+        for stale in outdated:
+            stale.file.close()
         # Open outside the lock: a slow open must not stall threads reading cached files.
         opened = _Handle(self._opener(key.path), users=1)
         to_close: list[_Handle] = []
@@ -124,6 +132,15 @@ class HandleCache:
         for stale in to_close:
             stale.file.close()
         return handle
+
+    def _evict_older_version(self, key: FileKey) -> list[_Handle]:
+        """Drop the handle of an earlier version of ``key``'s file; return it if unused."""
+        old_key = self._key_by_path.get(key.path)
+        if old_key is None or old_key == key:
+            return []
+        del self._key_by_path[key.path]
+        old = self._handles.pop(old_key)
+        return [old] if self._mark_evicted(old) else []
 
     def _insert(self, key: FileKey, handle: _Handle) -> list[_Handle]:
         """Add ``handle``; return the evicted handles that nobody uses (to close unlocked)."""

@@ -84,6 +84,9 @@ class MarCCDReader:
         head = read_head(path).head
         return _marccd_meta(path, head, layout_of(path, head))
 
+    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+        return ()  # one file holds everything
+
     def read_frame(self, path: Path, number: int) -> Frame:
         if number != 1:
             raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")

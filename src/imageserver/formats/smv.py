@@ -45,6 +45,9 @@ class SmvReader:
             head = read_head(path, size).head
         return _smv_meta(path, _header_fields(head[:size]))
 
+    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+        return ()  # one file holds everything
+
     def read_frame(self, path: Path, number: int) -> Frame:
         if number != 1:
             raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")

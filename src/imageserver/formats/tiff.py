@@ -178,6 +178,9 @@ class TiffReader:
     def read_meta(self, path: Path) -> FrameMeta:
         return _tiff_meta(path, layout_of(path, read_head(path).head))
 
+    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+        return ()  # one file holds everything
+
     def read_frame(self, path: Path, number: int) -> Frame:
         if number != 1:
             raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")
