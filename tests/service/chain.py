@@ -51,14 +51,23 @@ class Accounts:
 class Chain(LocalService):
     """The local service with test settings: short deadline, two threads, test ESAF groups."""
 
-    def __init__(self, directory: Path, redis_url: str, deadline_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        redis_url: str,
+        deadline_s: float = 3.0,
+        *,
+        idle_timeout_s: float = 600.0,
+        max_workers: int = 64,
+    ) -> None:
         super().__init__(
             directory,
             redis_url,
             extra_config=(
                 f'[identity]\nesaf_group_pattern = "{ESAF_GROUP_PATTERN}"\n'
                 "[workers]\nthreads = 2\n"
-                f"request_deadline_s = {deadline_s}\nidle_timeout_s = 600.0\n"
+                f"request_deadline_s = {deadline_s}\nidle_timeout_s = {idle_timeout_s}\n"
+                f"max_workers = {max_workers}\n"
             ),
         )
 
