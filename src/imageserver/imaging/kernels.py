@@ -20,13 +20,14 @@ saturated flag; the inner loop is branch-free and vectorises.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import numba
 import numpy as np
+
+from imageserver.jit import njit_cached as _jit
 
 OK = 0
 MASKED = 1
@@ -58,36 +59,6 @@ def _kernel(arguments: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], Any]
 def _inline() -> Callable[[Any], Any]:
     """A helper inlined into the kernels that call it."""
     return _jit(None, inline="always")
-
-
-def _jit(signatures: list[Any] | None, **options: Any) -> Callable[[Any], Any]:
-    """Compile with numba's disk cache where it can write one, in memory otherwise.
-
-    numba looks for a writable cache directory in this order: ``$NUMBA_CACHE_DIR``,
-    ``__pycache__`` beside this file, then the user's cache (``~/.cache/numba``); with none it
-    raises at import. A service user with no home must not lose the imaging core for that: it
-    compiles in memory instead (about 5 s per process).
-    """
-
-    def decorate(function: Any) -> Any:
-        try:
-            return numba.njit(signatures, nogil=True, cache=True, **options)(function)
-        except RuntimeError as exc:
-            if "cannot cache" not in str(exc):
-                raise
-            _warn_no_disk_cache()
-            return numba.njit(signatures, nogil=True, cache=False, **options)(function)
-
-    return decorate
-
-
-@functools.cache
-def _warn_no_disk_cache() -> None:
-    """Said once per process, not once per kernel."""
-    log.warning(
-        "numba disk cache unavailable (no writable $NUMBA_CACHE_DIR, __pycache__ or user"
-        " cache directory): compiling the imaging kernels in memory"
-    )
 
 
 @_inline()
