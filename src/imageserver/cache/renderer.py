@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from imageserver import formats
 from imageserver.cache.codec import DimsCodec, ViewCodec
@@ -149,10 +149,13 @@ class CachedRenderer:
             paths = _frame_paths(file, spec.path, spec.frame, self.frame_files)
         except (ImageServerError, OSError):
             return None
-        others = tuple(file_identity(path, self.scope) for path in paths)
-        if any(other is None for other in others):
-            return None
-        return _Files(file, cast(tuple[FileIdentity, ...], others))
+        others = []
+        for path in paths:
+            other = file_identity(path, self.scope)
+            if other is None:
+                return None
+            others.append(other)
+        return _Files(file, tuple(others))
 
     def _planned(self, files: _Files, spec: ViewSpec, fn: str) -> _Planned:
         """The view ``spec`` asks for on this file, which needs the file's frame size.

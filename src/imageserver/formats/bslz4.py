@@ -9,6 +9,8 @@ Eiger chunks read from files and for cache entries written by other processes.
 
 from __future__ import annotations
 
+import math
+
 import bitshuffle
 import numba
 import numpy as np
@@ -67,10 +69,7 @@ def decompress(
     block_elements: int,
 ) -> np.ndarray:
     """The stream from ``start`` decoded to ``shape``, after `check_blocks`; else Bslz4Error."""
-    n_elements = 1
-    for extent in shape:
-        n_elements *= extent
-    check_blocks(buffer, start, n_elements, dtype.itemsize, block_elements)
+    check_blocks(buffer, start, math.prod(shape), dtype.itemsize, block_elements)
     stream = np.frombuffer(buffer, dtype=np.uint8, offset=start)
     try:
         return np.asarray(bitshuffle.decompress_lz4(stream, shape, dtype, block_elements))

@@ -4,12 +4,13 @@ Views reach the encoder as JFIF YCbCr planes (`encode_jpeg_ycc`), made by the co
 kernel's palette lookup, so the encoder converts no colours. Their chroma is subsampled 4:2:0
 here, which nearly halves the encode (1024 × 1077 at quality 90 on the 2-core AMD EPYC VM:
 6.9 → 3.4 ms, with 0.3 ms for the subsampling) and makes the file a quarter smaller. Plain
-4:2:0 averages colour over 2 × 2 blocks, which would turn a lone red overload pixel pink on
-white (the reason the legacy look needs care here); blocks holding the overload colour take
-its chroma whole instead, so the overload pixel decodes red and at most its block neighbours
-take a pink tint. Masked strips, the only other colour in the grey maps, are wider than one
-pixel. ``fastdct`` (the integer fast DCT) is on; it made no measurable difference in time or
-size here. `encode_jpeg` takes RGB or greyscale arrays for other callers.
+4:2:0 averages colour over 2 × 2 blocks, which turns a lone red overload pixel on white into
+a dark grey dot (its red luma with a quarter of its chroma), like a spot; blocks holding the
+overload colour take its chroma whole instead, so the overload pixel decodes red and at most
+its block neighbours take a pink tint. Masked strips, the only other colour in the grey
+maps, are wider than one pixel. ``fastdct`` (the integer fast DCT) is on; it made no
+measurable difference in time or size here. `encode_jpeg` takes RGB or greyscale arrays
+for other callers.
 """
 
 from __future__ import annotations

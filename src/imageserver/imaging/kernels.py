@@ -20,7 +20,6 @@ saturated flag; the inner loop is branch-free and vectorises.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +36,6 @@ MAX_SPAN = 1 << 40
 
 PIXEL_TYPES = (numba.uint16, numba.uint32)
 u8, u4, i8, f8, boolean = numba.uint8, numba.uint32, numba.int64, numba.float64, numba.boolean
-
-log = logging.getLogger(__name__)
 
 
 def readonly(dtype: Any, ndim: int = 1) -> Any:
