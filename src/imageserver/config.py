@@ -18,16 +18,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from imageserver.errors import ImageServerError
+from imageserver.errors import ConfigError
 
 CONFIG_ENV = "IMAGESERVER_CONFIG"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-class ConfigError(ImageServerError, ValueError):
-    """The configuration (file, key file, value) is wrong; the operator's fault, not a client's."""
 
 
 def _require(is_ok: bool, section: str, key: str, problem: str) -> None:
@@ -113,13 +109,30 @@ class WorkerSettings:
     max_workers: int = 64
     idle_timeout_s: float = 300.0
     request_deadline_s: float = 30.0
+    long_request_deadline_s: float = 600.0
+    """For request types that run long by nature (autoindexing)."""
     auth_threads: int = 4
+    memory_limit_bytes: int = -1
+    """Ceiling of a worker's heap (RLIMIT_DATA); -1: the cache budget plus 2 GiB; 0: none."""
+    failed_start_retry_s: float = 30.0
+    """An identity whose worker could not start is answered with that error this long."""
 
     def __post_init__(self) -> None:
         for key in ("threads", "max_workers", "auth_threads"):
             _require(getattr(self, key) >= 1, self.SECTION, key, "must be ≥ 1")
-        for key in ("idle_timeout_s", "request_deadline_s"):
+        for key in ("idle_timeout_s", "request_deadline_s", "long_request_deadline_s"):
             _require(getattr(self, key) > 0, self.SECTION, key, "must be > 0")
+        _require(
+            self.failed_start_retry_s >= 0, self.SECTION, "failed_start_retry_s", "must be ≥ 0"
+        )
+        _require(
+            self.memory_limit_bytes == -1
+            or self.memory_limit_bytes == 0
+            or self.memory_limit_bytes >= 256 << 20,
+            self.SECTION,
+            "memory_limit_bytes",
+            "must be -1 (automatic), 0 (no limit) or at least 268435456 (256 MiB)",
+        )
 
 
 @dataclass(frozen=True)
@@ -181,6 +194,10 @@ class LimitSettings:
     max_label_height_px: int = 64
     max_string_length: int = 4096
     max_request_bytes: int = 1 << 20
+    max_decompressed_bytes: int = 512 << 20
+    """A gz/bz2/xz file inflating to more than this is refused before it is held."""
+    max_frame_pixels: int = 64 << 20
+    """Width × height a header may declare (an Eiger2 16M frame is 18 M pixels)."""
 
     def __post_init__(self) -> None:
         _require(self.max_xsize_px >= 8, self.SECTION, "max_xsize_px", "must be ≥ 8")
@@ -188,6 +205,11 @@ class LimitSettings:
         _require(self.max_label_height_px >= 0, self.SECTION, "max_label_height_px", "must be ≥ 0")
         _require(self.max_string_length >= 1, self.SECTION, "max_string_length", "must be ≥ 1")
         _require(self.max_request_bytes >= 64, self.SECTION, "max_request_bytes", "must be ≥ 64")
+        for key in ("max_decompressed_bytes", "max_frame_pixels"):
+            _require(getattr(self, key) >= 1 << 16, self.SECTION, key, "must be ≥ 65536")
+
+
+DEFAULT_LIMITS = LimitSettings()
 
 
 @dataclass(frozen=True)

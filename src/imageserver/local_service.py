@@ -17,7 +17,7 @@ import zmq
 
 from imageserver.client import Client, Reply, ReplyTimeoutError, send_request
 from imageserver.config import Settings, load_settings
-from imageserver.errors import ImageServerError
+from imageserver.errors import LocalServiceError
 from imageserver.service.auth import (
     connect_session_store,
     generate_keypair,
@@ -27,10 +27,6 @@ from imageserver.service.auth import (
 )
 
 START_DEADLINE_S = 120.0
-
-
-class LocalServiceError(ImageServerError):
-    """The local service did not start or one of its processes ended."""
 
 
 class LocalService:

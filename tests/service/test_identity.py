@@ -296,13 +296,13 @@ def test_root_cannot_be_regained(accounts: Accounts) -> None:
     assert report == {"setuid0": "Operation not permitted", "resuid": [identity.uid] * 3}
 
 
-def test_a_missing_home_is_a_worker_error(accounts: Accounts) -> None:
+def test_a_missing_home_is_an_account_error(accounts: Accounts) -> None:
     base = resolve_identity(accounts.user, 0, accounts.settings)
     identity = Identity(
         uid=base.uid, gid=base.gid, home=str(accounts.base / "absent"), login=base.login, esaf=0
     )
     report = in_child(lambda: switch_to(identity))
-    assert report["error"] == "WorkerError"
+    assert report["error"] == "AccountError"
     assert report["message"] == (
         f"cannot enter the home directory {accounts.base / 'absent'} of user {accounts.user}"
         " (esaf 0): No such file or directory"

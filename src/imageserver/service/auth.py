@@ -33,8 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from imageserver.config import ConfigError, Settings
-from imageserver.errors import AccessDeniedError, ImageServerError, RequestError
+from imageserver.config import Settings
+from imageserver.errors import (
+    ConfigError,
+    EsafNotAllowedError,
+    RequestError,
+    SessionError,
+    SessionStoreUnavailableError,
+)
 from imageserver.service.requests import token_hash
 
 log = logging.getLogger(__name__)
@@ -46,10 +52,6 @@ MIN_RSA_BITS = 2048
 RSA_BITS = 3072
 ISAUTH_FIELD = b"isAuth"
 SIGNATURE_FIELD = b"isAuthSig"
-
-
-class SessionStoreUnavailableError(ImageServerError):
-    """The session Redis cannot be reached; the request is refused until it returns."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class SessionVerifier:
         self._max_verified = settings.session.verified_signatures
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._store = StoreHealth()
 
     def authenticate(self, pid: str, esaf: int) -> Session:
         """The session, or AccessDeniedError / SessionStoreUnavailableError saying why not."""
@@ -106,13 +109,17 @@ class SessionVerifier:
         try:
             claims = parse_isauth(isauth)
         except RequestError as exc:
-            raise _refused(session_hash, f"its isAuth is invalid: {exc}") from None
+            raise _refused(session_hash, f"its isAuth is invalid: {exc}", "bad_isauth") from None
         if claims.pid != pid:
-            raise _refused(session_hash, "its signed isAuth belongs to another session")
+            raise _refused(
+                session_hash, "its signed isAuth belongs to another session", "wrong_session"
+            )
         if claims.expires_at is not None and claims.expires_at <= self._clock():
-            raise AccessDeniedError(f"session {session_hash} has expired")
+            raise SessionError(f"session {session_hash} has expired", reason="expired")
         if esaf != 0 and esaf not in claims.allowed_esafs:
-            raise AccessDeniedError(f"session {session_hash} is not authorized for esaf {esaf}")
+            raise EsafNotAllowedError(
+                f"session {session_hash} is not authorized for esaf {esaf}", login=claims.login
+            )
         log.debug("session %s: user %s, esaf %d", session_hash, claims.login, esaf)
         return Session(
             pid=pid,
@@ -127,20 +134,23 @@ class SessionVerifier:
             isauth, signature = self._redis.hmget(pid, [ISAUTH_FIELD, SIGNATURE_FIELD])
         except redis.exceptions.ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):
-                raise AccessDeniedError(
-                    f"session {session_hash} is not active (its key is not a session hash)"
+                self._store.up()
+                raise SessionError(
+                    f"session {session_hash} is not active (its key is not a session hash)",
+                    reason="unknown_session",
                 ) from None
-            log.error("session store refused HMGET: %s", exc)
+            self._store.down(f"it refused HMGET: {exc}")
             raise SessionStoreUnavailableError("session store unavailable") from exc
         except redis.exceptions.RedisError as exc:
-            log.error("session store unavailable: %s", exc)
+            self._store.down(str(exc))
             raise SessionStoreUnavailableError("session store unavailable") from exc
+        self._store.up()
         if isauth is None and signature is None:
-            raise AccessDeniedError(f"session {session_hash} is not active")
+            raise SessionError(f"session {session_hash} is not active", reason="unknown_session")
         if not isinstance(isauth, bytes | str):
-            raise _refused(session_hash, "its isAuth field is missing")
+            raise _refused(session_hash, "its isAuth field is missing", "bad_isauth")
         if not isinstance(signature, bytes | str):
-            raise _refused(session_hash, "its isAuthSig field is missing")
+            raise _refused(session_hash, "its isAuthSig field is missing", "bad_signature")
         return _as_bytes(isauth), _as_bytes(signature)
 
     def _verify(self, isauth: bytes, signature_b64: bytes, session_hash: str) -> None:
@@ -152,14 +162,16 @@ class SessionVerifier:
         try:
             signature = base64.b64decode(signature_b64, validate=True)
         except (binascii.Error, ValueError):
-            raise _refused(session_hash, "its isAuthSig is not single-line base64") from None
+            raise _refused(
+                session_hash, "its isAuthSig is not single-line base64", "bad_signature"
+            ) from None
         try:
             if isinstance(self._public_key, rsa.RSAPublicKey):
                 self._public_key.verify(signature, isauth, padding.PKCS1v15(), hashes.SHA256())
             else:
                 self._public_key.verify(signature, isauth)
         except InvalidSignature:
-            raise _refused(session_hash, "bad signature") from None
+            raise _refused(session_hash, "bad signature", "bad_signature") from None
         with self._lock:
             self._verified[memo_key] = None
             while len(self._verified) > self._max_verified:
@@ -287,8 +299,33 @@ def write_session(
         raise SessionStoreUnavailableError(f"session store unavailable: {exc}") from exc
 
 
-def _refused(session_hash: str, reason: str) -> AccessDeniedError:
-    return AccessDeniedError(f"session {session_hash} is not authorized: {reason}")
+def _refused(session_hash: str, what: str, reason: str) -> SessionError:
+    return SessionError(f"session {session_hash} is not authorized: {what}", reason=reason)
+
+
+class StoreHealth:
+    """Logs the session store's changes of state, not every request that meets one."""
+
+    def __init__(self) -> None:
+        self._is_down = False
+        self._lock = threading.Lock()
+        self.refused_while_down = 0
+
+    def down(self, why: str) -> None:
+        with self._lock:
+            was_down, self._is_down = self._is_down, True
+            self.refused_while_down += 1
+        if not was_down:
+            log.error("session store unavailable: %s; refusing requests until it answers", why)
+
+    def up(self) -> None:
+        if not self._is_down:
+            return
+        with self._lock:
+            was_down, self._is_down = self._is_down, False
+            refused, self.refused_while_down = self.refused_while_down, 0
+        if was_down:
+            log.warning("session store answers again (%d requests refused meanwhile)", refused)
 
 
 def _as_bytes(value: bytes | str) -> bytes:

@@ -16,7 +16,7 @@ import pwd
 from dataclasses import dataclass
 
 from imageserver.config import Settings
-from imageserver.errors import AccessDeniedError, WorkerError
+from imageserver.errors import AccountError, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,15 @@ def resolve_identity(login: str, esaf: int, settings: Settings) -> Identity:
     uid, gid, home = user.pw_uid, user.pw_gid, user.pw_dir
     if esaf > settings.identity.esaf_threshold:
         group_name = settings.identity.esaf_group_pattern.format(esaf=esaf)
-        gid = _group(group_name, esaf).gr_gid
+        gid = _group(group_name, esaf, login).gr_gid
         esaf_account = _optional_user(group_name)
         if esaf_account is not None:
             home = esaf_account.pw_dir
     if uid == 0 or gid == 0:
-        raise AccessDeniedError(
-            f"refusing to run requests as root (user '{login}', esaf {esaf}: uid {uid}, gid {gid})"
+        raise AccountError(
+            f"refusing to run requests as root (user '{login}', esaf {esaf}: uid {uid}, gid {gid})",
+            reason="root_account",
+            login=login,
         )
     return Identity(uid=uid, gid=gid, home=home, login=login, esaf=esaf)
 
@@ -110,16 +112,20 @@ def _enter_home(identity: Identity) -> None:
     try:
         os.chdir(identity.home)
     except OSError as exc:
-        raise WorkerError(
+        raise AccountError(
             f"cannot enter the home directory {identity.home} of user {identity.login}"
-            f" (esaf {identity.esaf}): {exc.strerror}"
+            f" (esaf {identity.esaf}): {exc.strerror}",
+            reason="no_home",
+            login=identity.login,
         ) from exc
 
 
 def _user(login: str) -> pwd.struct_passwd:
     account = _optional_user(login)
     if account is None:
-        raise AccessDeniedError(f"unknown user '{login}': no such Unix account")
+        raise AccountError(
+            f"unknown user '{login}': no such Unix account", reason="unknown_account", login=login
+        )
     return account
 
 
@@ -130,8 +136,10 @@ def _optional_user(name: str) -> pwd.struct_passwd | None:
         return None
 
 
-def _group(name: str, esaf: int) -> grp.struct_group:
+def _group(name: str, esaf: int, login: str) -> grp.struct_group:
     try:
         return grp.getgrnam(name)
     except (KeyError, ValueError):
-        raise AccessDeniedError(f"no Unix group '{name}' for esaf {esaf}") from None
+        raise AccountError(
+            f"no Unix group '{name}' for esaf {esaf}", reason="unknown_group", login=login
+        ) from None
