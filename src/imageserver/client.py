@@ -14,9 +14,9 @@ from typing import Any
 
 import zmq
 
+from imageserver.errors import ReplyTimeoutError
 
-class ReplyTimeoutError(TimeoutError):
-    """No reply within the timeout (the server is down or overloaded)."""
+__all__ = ["Client", "Reply", "ReplyTimeoutError", "send_request"]
 
 
 @dataclass(frozen=True)

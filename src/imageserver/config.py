@@ -16,10 +16,11 @@ import tomllib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from imageserver.errors import ConfigError
 
+S = TypeVar("S")
 CONFIG_ENV = "IMAGESERVER_CONFIG"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
@@ -264,6 +265,13 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(f"{path}: {exc}") from None
     assert isinstance(settings, Settings)
     return settings
+
+
+def section_from_table(cls: type[S], table: dict[str, Any]) -> S:
+    """One settings section from a plain table (JSON sent to another process), checked."""
+    section = _build(cls, table, str(getattr(cls, "SECTION", "")), Path("."))
+    assert isinstance(section, cls)
+    return section
 
 
 def _build(cls: type, table: dict[str, Any], where: str, base_dir: Path) -> Any:

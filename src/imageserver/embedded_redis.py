@@ -10,13 +10,9 @@ from pathlib import Path
 
 import redis
 
-from imageserver.errors import ImageServerError
+from imageserver.errors import EmbeddedRedisError
 
 START_DEADLINE_S = 10.0
-
-
-class EmbeddedRedisError(ImageServerError):
-    """No redis-server binary, or it would not start."""
 
 
 def find_redis_server() -> str:

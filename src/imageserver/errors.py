@@ -22,6 +22,8 @@ ImageServerError                  base: message is written for the person who se
   WorkerError                     worker_failed       a worker crashed or could not start
   ConfigError                     config              the operator's settings or key files
   LocalServiceError               local_service       the local (demo/test) service failed
+    EmbeddedRedisError                                no redis-server for it
+  ReplyTimeoutError               timeout             a client waited for a reply in vain
   InternalError                   internal            a bug; details only in the server log
 ```
 
@@ -175,6 +177,16 @@ class LocalServiceError(ImageServerError):
     """The local service (demo, tests, benchmarks) did not start or one of its processes ended."""
 
     code = "local_service"
+
+
+class EmbeddedRedisError(LocalServiceError):
+    """No redis-server binary for the local service, or it would not start."""
+
+
+class ReplyTimeoutError(ImageServerError, TimeoutError):
+    """A client got no reply within its timeout (the server is down or overloaded)."""
+
+    code = "timeout"
 
 
 class InternalError(ImageServerError):

@@ -6,7 +6,9 @@ separate processes talking over real sockets, exactly as it runs in production.
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from imageserver.client import Client, Reply, ReplyTimeoutError, send_request
+from imageserver.client import Client, Reply, send_request
 from imageserver.config import Settings, load_settings
 from imageserver.errors import LocalServiceError
 from imageserver.service.auth import (
@@ -25,8 +27,34 @@ from imageserver.service.auth import (
     sign_isauth,
     write_session,
 )
+from imageserver.service.systemd import NOTIFY_ENV
 
 START_DEADLINE_S = 120.0
+
+
+class _ReadinessSocket:
+    """Where the processes say READY=1 (systemd's notify protocol), as systemd would listen."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+
+    def count_ready(self, timeout_s: float) -> int:
+        self._sock.settimeout(timeout_s)
+        try:
+            message = self._sock.recv(4096)
+        except TimeoutError:
+            return 0
+        return int(b"READY=1" in message.split(b"\n"))
+
+    def __enter__(self) -> _ReadinessSocket:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
 
 
 class LocalService:
@@ -61,24 +89,28 @@ class LocalService:
         self.context = zmq.Context()
 
     def start(self) -> LocalService:
-        for role in ("proxy", "serve"):
-            with (self.directory / f"{role}.log").open("ab") as log:
-                self.processes[role] = subprocess.Popen(
-                    [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                )
-        deadline = time.monotonic() + START_DEADLINE_S
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                reply = self.request({"type": "jpeg", "pid": "probe"}, timeout_s=1.0)
-            except ReplyTimeoutError:
-                continue
-            if reply.error is not None and "not active" in reply.error:
-                return self
-        raise LocalServiceError(f"no answer within {START_DEADLINE_S:g} s:\n{self.logs()}")
+        """Start both processes and return once each has said READY=1, as systemd would see."""
+        with _ReadinessSocket(self.directory / "notify.sock") as readiness:
+            for role in ("proxy", "serve"):
+                with (self.directory / f"{role}.log").open("ab") as log:
+                    self.processes[role] = subprocess.Popen(
+                        [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.directory,
+                        env={**os.environ, NOTIFY_ENV: str(readiness.path)},
+                    )
+            deadline = time.monotonic() + START_DEADLINE_S
+            ready = 0
+            while ready < len(self.processes) and time.monotonic() < deadline:
+                self.check_alive()
+                ready += readiness.count_ready(timeout_s=0.2)
+            if ready < len(self.processes):
+                raise LocalServiceError(f"not ready within {START_DEADLINE_S:g} s:\n{self.logs()}")
+        reply = self.request({"type": "jpeg", "pid": "probe"}, timeout_s=10.0)
+        if reply.error is None or "not active" not in reply.error:
+            raise LocalServiceError(f"unexpected answer to a probe: {reply.frames!r}")
+        return self
 
     def check_alive(self) -> None:
         for role, process in self.processes.items():

@@ -32,6 +32,7 @@ from imageserver.sampledata.eiger import write_eiger_series
 from imageserver.sampledata.marccd import write_marccd
 from imageserver.sampledata.pattern import centred_geometry
 from imageserver.service import jobs
+from imageserver.transports.frames import legacy_frames
 
 GID = 61001
 
@@ -222,13 +223,15 @@ def test_each_reply_names_the_file_as_its_request_did(
     metas = []
     for fn in names:
         payload = json.dumps({"type": "jpeg", "pid": "p", "fn": fn, "xsize": 64}).encode()
-        frames = jobs.handle(payload, renderer=cached)
+        frames = legacy_frames(jobs.handle(payload, renderer=cached))
         metas.append(json.loads(frames[2]))
         assert simplejpeg.decode_jpeg(frames[3]).shape[1] == 64
     assert [meta["fn"] for meta in metas] == names
     assert decode.calls == 1
-    spots = jobs.handle(
-        json.dumps({"type": "spots", "pid": "p", "fn": names[1]}).encode(), renderer=cached
+    spots = legacy_frames(
+        jobs.handle(
+            json.dumps({"type": "spots", "pid": "p", "fn": names[1]}).encode(), renderer=cached
+        )
     )
     assert json.loads(spots[2])["fn"] == names[1] and json.loads(spots[2])["spots"] > 0
     assert decode.calls == 1
@@ -287,7 +290,8 @@ def test_a_worker_without_shared_access_keeps_to_memory(home: Path) -> None:
 
 def test_the_uncached_handler_computes_every_time(home: Path) -> None:
     payload = json.dumps({"type": "jpeg", "pid": "p", "fn": str(master(home)), "xsize": 32})
-    first, second = jobs.handle(payload.encode()), jobs.handle(payload.encode())
+    first = legacy_frames(jobs.handle(payload.encode()))
+    second = legacy_frames(jobs.handle(payload.encode()))
     assert first[3] == second[3]
     pixels = simplejpeg.decode_jpeg(first[3])
     assert pixels.shape[1] == 32 and np.ptp(pixels) > 0

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from imageserver.errors import FrameRangeError
+
 PixelArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 MaskArray = npt.NDArray[np.uint8]
 
@@ -96,3 +98,8 @@ class Reader(Protocol):
         """Files other than ``path`` that frame ``number``'s pixels come from (an Eiger
         master's data file), so cache keys can include them; () for one-file formats."""
         ...
+
+
+def frame_range_error(path: str | Path, number: int, first: int, last: int) -> FrameRangeError:
+    """The one wording of an out-of-range frame, for every reader and request type."""
+    return FrameRangeError(f"{path}: frame {number} is outside the file's frames {first}–{last}")

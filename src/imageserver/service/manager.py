@@ -4,7 +4,15 @@ Runs as root in production and never opens an image file. One thread owns the so
 the ROUTER that dials out to the proxy, the ROUTER that workers connect to, the zygote's
 socketpair and a wake-up pipe for the session checks, which run in a small thread pool so
 a slow Redis never stalls other users. Every request ends in exactly one reply: the
-worker's, or an error when parsing, authentication, a worker crash or the deadline stops it.
+worker's, or an error when parsing, authentication, a worker's start, a crash or the
+deadline stops it. `_finish` is the only place a reply leaves, and it answers a request
+only while it is pending, so no path can answer twice.
+
+A request past its deadline is answered with a timeout, and its worker is *drained*: new
+requests of that identity go to a fresh worker, the old one finishes its other requests and
+is killed when the last of them is answered (or reaches its own deadline). A worker that
+cannot start (no home directory) reports why; its identity gets that answer for a while
+instead of a new fork per request. Refusals are written to the log as one line each.
 """
 
 from __future__ import annotations
@@ -27,18 +35,34 @@ from typing import Any
 
 import zmq
 
-from imageserver.errors import ImageServerError
+from imageserver.errors import DeadlineError, InternalError, WorkerError
+from imageserver.service import link
+from imageserver.service.admission import Admission, RequestInfo
 from imageserver.service.identity import Identity
-from imageserver.service.worker import HELLO, WELCOME
+from imageserver.service.reply import Failure, Reply
+from imageserver.service.systemd import notify
 from imageserver.service.zygote import ZygoteClient, ZygoteEvent
-from imageserver.transports.frames import error_frames, split_request
+from imageserver.transports.frames import legacy_frames, split_request
 
 log = logging.getLogger(__name__)
 
-Admit = Callable[[bytes], Identity]
-"""Parse and authenticate a request payload; raise ImageServerError to refuse it."""
+Admit = Callable[[bytes], Admission]
+"""Parse and authenticate a request payload; never raises for a bad request."""
+Grant = Callable[[Identity], dict[str, Any]]
+"""The secrets one new worker may hold (its ESAF group's Redis user)."""
 
 WorkerKey = tuple[int, int, str]
+AUDITED_CODES = frozenset(
+    {
+        "access_denied",
+        "session_invalid",
+        "esaf_not_allowed",
+        "account_unusable",
+        "permission_denied",
+    }
+)
+ZYGOTE_RESTARTS = 3
+"""Consecutive zygote deaths before it is ready, after which the manager gives up."""
 
 
 def worker_key(identity: Identity) -> WorkerKey:
@@ -53,6 +77,7 @@ class ManagerLimits:
     max_workers: int = 64
     worker_threads: int = 4
     auth_threads: int = 4
+    failed_start_retry_s: float = 30.0
 
 
 @dataclass
@@ -61,16 +86,26 @@ class WorkerSlot:
     socket_id: bytes
     pid: int | None = None
     is_ready: bool = False
+    is_draining: bool = False
+    is_gone: bool = False
     waiting: list[bytes] = field(default_factory=list)
     in_flight: set[bytes] = field(default_factory=set)
+    abandoned: set[bytes] = field(default_factory=set)
+    """In flight here but already answered (timed out): the worker owes nothing for them."""
     last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def owes(self) -> set[bytes]:
+        return self.in_flight - self.abandoned
 
 
 @dataclass
 class Pending:
     envelope: tuple[bytes, ...]
     payload: bytes
+    received: float
     deadline: float
+    info: RequestInfo | None = None
     worker: WorkerSlot | None = None
 
 
@@ -80,15 +115,16 @@ class Manager:
         *,
         proxy_endpoints: list[str],
         admit: Admit,
-        zygote: ZygoteClient,
+        start_zygote: Callable[[], ZygoteClient],
         limits: ManagerLimits,
         context: zmq.Context | None = None,
-        worker_extras: Callable[[Identity], dict[str, Any]] | None = None,
+        grant: Grant | None = None,
     ) -> None:
         self._admit = admit
-        self._worker_extras = worker_extras
-        self._zygote = zygote
+        self._grant = grant or (lambda _identity: {})
+        self._start_zygote = start_zygote
         self._limits = limits
+        self._proxy_endpoints = proxy_endpoints
         self._context = context or zmq.Context()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="imageserver-manager-"))
         os.chmod(self._runtime_dir, 0o700)
@@ -105,11 +141,16 @@ class Manager:
         self._workers: dict[WorkerKey, WorkerSlot] = {}
         self._by_socket: dict[bytes, WorkerSlot] = {}
         self._by_pid: dict[int, WorkerSlot] = {}
+        self._failed: dict[WorkerKey, tuple[Failure, float]] = {}
         self._ids = itertools.count(1)
-        self._admitted: queue.SimpleQueue[tuple[bytes, Identity | str]] = queue.SimpleQueue()
+        self._admitted: queue.SimpleQueue[tuple[bytes, Admission]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
         self._auth_pool = ThreadPoolExecutor(limits.auth_threads, thread_name_prefix="auth")
         self._stop = threading.Event()
+        self._poller = zmq.Poller()
+        self._zygote = start_zygote()
+        self._zygote_deaths = 0
+        self._is_ready = False
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -118,15 +159,14 @@ class Manager:
         os.write(self._wake_write, b"s")
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._front, zmq.POLLIN)
-        poller.register(self._back, zmq.POLLIN)
-        poller.register(self._zygote.fileno(), zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
-        log.info("manager: serving; workers connect to %s", self.worker_endpoint)
+        self._poller.register(self._front, zmq.POLLIN)
+        self._poller.register(self._back, zmq.POLLIN)
+        self._poller.register(self._zygote.fileno(), zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+        log.info("manager: starting; workers connect to %s", self.worker_endpoint)
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(100))
+                events = dict(self._poller.poll(100))
                 if self._front in events:
                     self._on_front()
                 if self._back in events:
@@ -142,8 +182,10 @@ class Manager:
 
     def close(self) -> None:
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
-        for slot in list(self._workers.values()):
-            self._terminate(slot, signal.SIGTERM)
+        for slot in list(self._by_socket.values()):
+            self._signal(slot, signal.SIGTERM)
+        for request_id in list(self._pending):
+            self._finish(request_id, Failure.of(WorkerError("the server is shutting down")))
         self._front.close(0)
         self._back.close(0)
         self._zygote.close()
@@ -161,35 +203,44 @@ class Manager:
                 return
             incoming = split_request(frames)
             if incoming.problem is not None:
-                self._reply(incoming.envelope, error_frames(incoming.problem))
+                self._front_send(incoming.envelope, [incoming.problem.encode()])
                 continue
             request_id = next(self._ids).to_bytes(8, "big")
-            deadline = time.monotonic() + self._limits.deadline_s
-            self._pending[request_id] = Pending(incoming.envelope, incoming.payload, deadline)
+            now = time.monotonic()
+            self._pending[request_id] = Pending(
+                incoming.envelope, incoming.payload, now, now + self._limits.deadline_s
+            )
             self._auth_pool.submit(self._check, request_id, incoming.payload)
 
     def _check(self, request_id: bytes, payload: bytes) -> None:
         """Runs in the auth pool: parse, authenticate, resolve the Unix identity."""
         try:
-            outcome: Identity | str = self._admit(payload)
-        except ImageServerError as exc:
-            outcome = str(exc)
-        except Exception as exc:
+            admission = self._admit(payload)
+        except Exception:
             log.exception("admission failed")
-            outcome = f"internal error while checking the request: {type(exc).__name__}"
-        self._admitted.put((request_id, outcome))
+            admission = Admission.refused(InternalError("internal error while checking it"))
+        self._admitted.put((request_id, admission))
         os.write(self._wake_write, b"a")
 
     def _on_admitted(self) -> None:
         while not self._admitted.empty():
-            request_id, outcome = self._admitted.get()
+            request_id, admission = self._admitted.get()
             pending = self._pending.get(request_id)
             if pending is None:
                 continue  # already answered (deadline)
-            if isinstance(outcome, str):
-                self._finish(request_id, error_frames(outcome))
+            pending.info = admission.info
+            if admission.deadline_s is not None:
+                pending.deadline = pending.received + admission.deadline_s
+            if admission.identity is None:
+                assert admission.failure is not None
+                self._finish(request_id, Failure.of(admission.failure))
                 continue
-            slot = self._workers.get(worker_key(outcome)) or self._spawn(outcome)
+            key = worker_key(admission.identity)
+            failed = self._failed.get(key)
+            if failed is not None and failed[1] > time.monotonic():
+                self._finish(request_id, failed[0])
+                continue
+            slot = self._workers.get(key) or self._spawn(admission.identity)
             slot.last_used = time.monotonic()
             pending.worker = slot
             if slot.is_ready:
@@ -199,10 +250,11 @@ class Manager:
 
     def _dispatch(self, slot: WorkerSlot, request_id: bytes) -> None:
         pending = self._pending[request_id]
+        job = link.Job(request_id, int(pending.deadline * 1e9), pending.payload)
         try:
-            self._back.send_multipart([slot.socket_id, request_id, pending.payload])
+            self._back.send_multipart([slot.socket_id, *link.request(job)])
         except zmq.ZMQError as exc:
-            self._finish(request_id, error_frames(f"worker unavailable: {exc}"))
+            self._finish(request_id, Failure.of(WorkerError(f"worker unavailable: {exc}")))
             return
         slot.in_flight.add(request_id)
 
@@ -224,8 +276,6 @@ class Manager:
                 "esaf": identity.esaf,
                 "socket_id": socket_id.decode(),
                 "endpoint": self.worker_endpoint,
-                "threads": self._limits.worker_threads,
-                **(self._worker_extras(identity) if self._worker_extras else {}),
             },
         )
         log.info("manager: starting a worker for uid %d gid %d", identity.uid, identity.gid)
@@ -238,36 +288,75 @@ class Manager:
             except zmq.Again:
                 return
             slot = self._by_socket.get(frames[0])
-            if slot is None:
+            if slot is None or len(frames) < 2:
                 continue  # a retired worker's late words
-            if frames[1:] == [HELLO]:
-                self._welcome(slot)
-                continue
-            request_id, reply = frames[1], frames[2:]
-            slot.in_flight.discard(request_id)
-            slot.last_used = time.monotonic()
-            if request_id in self._pending:
-                self._finish(request_id, reply)
+            message = frames[1:]
+            try:
+                if message == [link.HELLO]:
+                    self._welcome(slot)
+                elif message[0] == link.FAILED:
+                    self._on_failed_start(slot, link.read_failed(message))
+                else:
+                    self._on_reply(slot, *link.read_reply(message))
+            except link.LinkError as exc:
+                log.error("manager: dropped a malformed message of worker %s: %s", slot.pid, exc)
 
     def _welcome(self, slot: WorkerSlot) -> None:
-        self._back.send_multipart([slot.socket_id, WELCOME])
+        self._back.send_multipart([slot.socket_id, *link.welcome(self._grant(slot.identity))])
         slot.is_ready = True
         waiting, slot.waiting = slot.waiting, []
         for request_id in waiting:
             if request_id in self._pending:
                 self._dispatch(slot, request_id)
 
+    def _on_reply(self, slot: WorkerSlot, request_id: bytes, reply: Reply) -> None:
+        if request_id not in slot.in_flight:
+            log.warning(
+                "manager: worker %s answered a request it was never sent; ignored", slot.pid
+            )
+            return
+        slot.in_flight.discard(request_id)
+        slot.last_used = time.monotonic()
+        if request_id in slot.abandoned:
+            slot.abandoned.discard(request_id)
+        else:
+            self._finish(request_id, reply)
+        self._kill_if_drained(slot)
+
+    def _on_failed_start(self, slot: WorkerSlot, failure: Failure) -> None:
+        identity = slot.identity
+        log.warning(
+            "manager: the worker for %s (uid %d, esaf %d) could not start: %s",
+            identity.login,
+            identity.uid,
+            identity.esaf,
+            failure.message,
+        )
+        retry_at = time.monotonic() + self._limits.failed_start_retry_s
+        self._failed[worker_key(identity)] = (failure, retry_at)
+        self._retire(slot, failure)
+
     def _on_zygote(self) -> None:
         try:
             events = self._zygote.read_events()
         except ConnectionError:
-            log.critical("manager: the worker zygote has gone; stopping")
-            self._stop.set()
+            self._restart_zygote()
             return
         for event in events:
             self._on_zygote_event(event)
 
     def _on_zygote_event(self, event: ZygoteEvent) -> None:
+        if event.kind == "ready":
+            self._zygote_deaths = 0
+            if not self._is_ready:
+                self._is_ready = True
+                log.info(
+                    "imageserver serve ready: requests from %s; workers forked by zygote %d",
+                    ", ".join(self._proxy_endpoints),
+                    self._zygote.pid,
+                )
+                notify("READY=1\nSTATUS=serving")
+            return
         if event.kind == "spawned":
             slot = self._by_socket.get(event.key.encode())
             if slot is not None:
@@ -275,23 +364,64 @@ class Manager:
                 self._by_pid[event.pid] = slot
             return
         slot = self._by_pid.pop(event.pid, None)
-        if slot is None:
+        if slot is None or slot.is_gone:
             return
         log.warning("manager: worker %d (uid %d) %s", event.pid, slot.identity.uid, event.status)
-        self._retire(slot, f"the worker process {event.status}; please retry")
+        self._retire(
+            slot, Failure.of(WorkerError(f"the worker process {event.status}; please retry"))
+        )
 
-    def _retire(self, slot: WorkerSlot, reason: str) -> None:
+    def _restart_zygote(self) -> None:
+        """The zygote died (its workers with it): answer their requests, start a new one."""
+        self._zygote_deaths += 1
+        log.error("manager: the worker zygote %d has gone", self._zygote.pid)
+        gone = Failure.of(WorkerError("the worker processes were restarted; please retry"))
+        for slot in list(self._by_socket.values()):
+            self._signal(slot, signal.SIGKILL)
+            self._retire(slot, gone)
+        self._poller.unregister(self._zygote.fileno())
+        self._zygote.close()
+        if self._zygote_deaths > ZYGOTE_RESTARTS:
+            log.critical("manager: the zygote keeps dying before it is ready; stopping")
+            self._stop.set()
+            return
+        self._zygote = self._start_zygote()
+        self._poller.register(self._zygote.fileno(), zmq.POLLIN)
+
+    def _retire(self, slot: WorkerSlot, failure: Failure) -> None:
         """Forget a worker and answer everything it still owed."""
         if self._workers.get(worker_key(slot.identity)) is slot:
             del self._workers[worker_key(slot.identity)]
         self._by_socket.pop(slot.socket_id, None)
-        for request_id in [*slot.in_flight, *slot.waiting]:
-            if request_id in self._pending:
-                self._finish(request_id, error_frames(reason))
+        slot.is_gone = True
+        owed = [*slot.owes, *slot.waiting]
         slot.in_flight.clear()
+        slot.abandoned.clear()
         slot.waiting.clear()
+        for request_id in owed:
+            self._finish(request_id, failure)
 
-    def _terminate(self, slot: WorkerSlot, signum: int) -> None:
+    def _drain(self, slot: WorkerSlot) -> None:
+        """No new requests for this worker; it goes once it owes nothing more."""
+        if not slot.is_draining:
+            slot.is_draining = True
+            if self._workers.get(worker_key(slot.identity)) is slot:
+                del self._workers[worker_key(slot.identity)]
+            log.error(
+                "manager: worker %s (uid %d) held a request past its deadline; draining it"
+                " (%d other requests in flight)",
+                slot.pid,
+                slot.identity.uid,
+                len(slot.owes),
+            )
+        self._kill_if_drained(slot)
+
+    def _kill_if_drained(self, slot: WorkerSlot) -> None:
+        if slot.is_draining and not slot.owes and not slot.is_gone:
+            self._signal(slot, signal.SIGKILL)
+            self._retire(slot, Failure.of(WorkerError("the worker was replaced")))
+
+    def _signal(self, slot: WorkerSlot, signum: int) -> None:
         if slot.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(slot.pid, signum)
@@ -303,43 +433,69 @@ class Manager:
         if not idle:
             return  # all busy: run one over the limit rather than refuse
         oldest = min(idle, key=lambda s: s.last_used)
-        self._terminate(oldest, signal.SIGTERM)
-        self._retire(oldest, "worker retired")
+        self._signal(oldest, signal.SIGTERM)
+        self._retire(oldest, Failure.of(WorkerError("worker retired")))
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
         for request_id, pending in list(self._pending.items()):
-            if pending.deadline > now:
+            if pending.deadline > now or request_id not in self._pending:
                 continue
+            after_s = pending.deadline - pending.received
+            timeout = Failure.of(DeadlineError(f"request timed out after {after_s:g} s"))
+            self._finish(request_id, timeout)
             slot = pending.worker
-            is_hung = slot is not None and request_id in slot.in_flight
-            self._finish(
-                request_id,
-                error_frames(f"request timed out after {self._limits.deadline_s:g} s"),
-            )
-            if slot is not None and is_hung:
-                log.error("manager: worker %s hung past the deadline; replacing it", slot.pid)
-                self._terminate(slot, signal.SIGKILL)
-                self._retire(slot, "the worker was restarted after another request hung")
+            if slot is None or slot.is_gone:
+                continue
+            if request_id in slot.waiting:
+                slot.waiting.remove(request_id)
+            if request_id in slot.in_flight:
+                slot.abandoned.add(request_id)
+                self._drain(slot)
         for slot in list(self._workers.values()):
             idle_s = now - slot.last_used
             if slot.is_ready and not slot.in_flight and idle_s > self._limits.idle_timeout_s:
-                self._terminate(slot, signal.SIGTERM)
-                self._retire(slot, "worker retired")
+                self._signal(slot, signal.SIGTERM)
+                self._retire(slot, Failure.of(WorkerError("worker retired")))
+        for key, (_, retry_at) in list(self._failed.items()):
+            if retry_at <= now:
+                del self._failed[key]
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _finish(self, request_id: bytes, frames: list[bytes]) -> None:
-        pending = self._pending.pop(request_id)
-        if pending.worker is not None:
-            pending.worker.in_flight.discard(request_id)
-        self._reply(pending.envelope, frames)
+    def _finish(self, request_id: bytes, reply: Reply) -> None:
+        """The one way a reply leaves: only for a pending request, so never twice."""
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
+            return
+        if isinstance(reply, Failure) and reply.code in AUDITED_CODES:
+            _audit(reply, pending.info)
+        self._front_send(pending.envelope, legacy_frames(reply))
 
-    def _reply(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
+    def _front_send(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
         try:
             self._front.send_multipart([*envelope, *frames])
         except zmq.ZMQError as exc:
             log.warning("manager: could not send a reply: %s", exc)
+
+
+def _audit(failure: Failure, info: RequestInfo | None) -> None:
+    """One WARNING line per refusal: what an admin greps for; never the session token."""
+    info = info or RequestInfo()
+    log.warning(
+        "refused reason=%s code=%s login=%s esaf=%s session=%s type=%s file=%s",
+        failure.reason,
+        failure.code,
+        info.login or "-",
+        info.esaf if info.esaf is not None else "-",
+        info.session or "-",
+        info.type or "-",
+        _quoted(info.fn) if info.fn else "-",
+    )
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")[:512] + '"'
 
 
 def _drain(fd: int) -> None:

@@ -1,9 +1,10 @@
 """`imageserver serve`: wire settings, sessions, the zygote and the manager together.
 
-Order matters: the zygote is forked first, while this process has no ZeroMQ context, no
-Redis connection and no thread, so the workers it forks inherit none of them. The manager
-then provisions the shared cache's per-ESAF Redis users (`cache.acl`) and hands each new
-worker its own in the spec; the worker builds its caches after dropping privileges.
+The zygote is a separate program that receives a `WorkerConfig` (no secret), so the workers
+it forks hold nothing of this process's memory: not the administrative Redis URL, not the
+session store's address, not another user's token. The manager provisions the shared
+cache's per-ESAF Redis users (`cache.acl`) and grants each new worker its own in the
+welcome; the worker builds its caches after dropping privileges.
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
 
-from imageserver.allocator import tune_allocator
 from imageserver.cache.acl import CacheAccess
-from imageserver.cache.renderer import renderer_for_worker
 from imageserver.config import Settings
-from imageserver.imaging.reduce import warm_up
-from imageserver.service import jobs
-from imageserver.service.auth import SessionVerifier, connect_session_store, load_public_key
-from imageserver.service.identity import Identity, resolve_identity
+from imageserver.service.admission import make_admit
+from imageserver.service.auth import (
+    PublicKey,
+    SessionVerifier,
+    connect_session_store,
+    load_public_key,
+)
 from imageserver.service.manager import Manager, ManagerLimits
-from imageserver.service.requests import parse_request
-from imageserver.service.worker import Handler, run_worker
+from imageserver.service.worker_config import WorkerConfig
 from imageserver.service.zygote import start_zygote
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,9 @@ def serve(settings: Settings) -> None:
             "not started as root: every request runs as uid %d without per-user isolation",
             os.getuid(),
         )
-    public_key = load_public_key(settings.session.public_key_path)  # fail early, before forking
-    zygote = start_zygote(
-        functools.partial(_worker_main, settings=settings), warm_up=_warm_worker_stack
-    )
+    public_key = load_public_key(settings.session.public_key_path)  # fail early
     cache_access = CacheAccess(settings.cache)
-    manager = build_manager(
-        settings, zygote=zygote, public_key=public_key, cache_access=cache_access
-    )
+    manager = build_manager(settings, public_key=public_key, cache_access=cache_access)
     _stop_on_signals(manager)
     cache_access.start()
     try:
@@ -57,46 +52,25 @@ def serve(settings: Settings) -> None:
 def build_manager(
     settings: Settings,
     *,
-    zygote: Any,
-    public_key: Any,
+    public_key: PublicKey,
     cache_access: CacheAccess | None = None,
 ) -> Manager:
     verifier = SessionVerifier(connect_session_store(settings), public_key, settings)
-
-    def admit(payload: bytes) -> Identity:
-        request = parse_request(payload, settings.limits)
-        session = verifier.authenticate(request.pid, request.esaf)
-        return resolve_identity(session.login, request.esaf, settings)
-
     limits = ManagerLimits(
         deadline_s=settings.workers.request_deadline_s,
         idle_timeout_s=settings.workers.idle_timeout_s,
         max_workers=settings.workers.max_workers,
         worker_threads=settings.workers.threads,
         auth_threads=settings.workers.auth_threads,
+        failed_start_retry_s=settings.workers.failed_start_retry_s,
     )
     return Manager(
         proxy_endpoints=[settings.proxy.back_endpoint],
-        admit=admit,
-        zygote=zygote,
+        admit=make_admit(settings, verifier),
+        start_zygote=functools.partial(start_zygote, WorkerConfig.from_settings(settings)),
         limits=limits,
-        worker_extras=cache_access.worker_extras if cache_access is not None else None,
+        grant=cache_access.worker_extras if cache_access is not None else None,
     )
-
-
-def _warm_worker_stack() -> None:
-    tune_allocator()
-    warm_up()
-
-
-def _worker_main(spec: dict[str, Any], *, settings: Settings) -> None:
-    run_worker(spec, functools.partial(_make_handler, settings=settings))
-
-
-def _make_handler(spec: dict[str, Any], *, settings: Settings) -> Handler:
-    """The job handler of one worker, with its caches (runs after the privilege drop)."""
-    renderer = renderer_for_worker(spec, settings.cache)
-    return functools.partial(jobs.handle, limits=settings.limits, renderer=renderer)
 
 
 def _stop_on_signals(manager: Manager) -> None:

@@ -1,11 +1,16 @@
 """A worker process: one Unix identity (user UID, ESAF GID), a pool of threads running jobs.
 
-Forked from the zygote, it makes a fresh ZeroMQ context (a child must never use its
-parent's), connects to the manager and completes a hello/welcome handshake *before*
-dropping privileges (the manager's socket lives in a root-only directory), then builds its
-request handler (and with it the caches: nothing of them exists with root's rights) and runs
-requests in a thread pool. Only the main thread touches the manager socket; job threads
-hand their replies back through a queue and a wake-up pipe.
+Forked from the zygote, it makes a fresh ZeroMQ context, connects to the manager and
+completes a hello/welcome handshake *before* dropping privileges (the manager's socket lives
+in a root-only directory); the welcome carries its grant, the only secret it ever holds (its
+ESAF group's Redis user). Then it caps its heap, becomes its identity, arms its parent-death
+signal (a credential change clears it) and builds its jobs, caches included, with the
+identity's rights only. A worker that cannot become its identity (no home directory) says
+why in one FAILED message, so the manager can answer with that reason instead of retrying.
+
+Only the main thread touches the manager socket; job threads hand their replies back through
+a queue and a wake-up pipe. A job whose deadline passed while it queued is skipped. The main
+loop also notices an idle spell (and lets the caches shrink) and a vanished parent (and exits).
 """
 
 from __future__ import annotations
@@ -13,24 +18,46 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import resource
+import secrets
 import select
+import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
+from imageserver.errors import (
+    DeadlineError,
+    ImageServerError,
+    InternalError,
+    ResourceLimitError,
+)
+from imageserver.service import link
 from imageserver.service.identity import Identity, drop_privileges
-from imageserver.transports.frames import error_frames
+from imageserver.service.lifetime import is_orphan, set_parent_death_signal
+from imageserver.service.reply import Failure, Reply
+from imageserver.service.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-HELLO = b"hello"
-WELCOME = b"welcome"
 HANDSHAKE_TIMEOUT_MS = 5000
+PARENT_CHECK_MS = 1000
+FAILED_LINGER_MS = 2000
 
-Handler = Callable[[bytes], list[bytes]]
-MakeHandler = Callable[[dict[str, Any]], Handler]
+
+class Handler(Protocol):
+    """A worker's jobs: one payload in, one typed reply out; never raises for bad input."""
+
+    def __call__(self, payload: bytes) -> Reply: ...
+
+    def release_idle(self) -> None:
+        """Give memory back after an idle spell."""
+
+
+MakeHandler = Callable[[Identity, WorkerConfig, dict[str, Any]], Handler]
 
 
 def identity_from_spec(spec: dict[str, Any]) -> Identity:
@@ -43,61 +70,127 @@ def identity_from_spec(spec: dict[str, Any]) -> Identity:
     )
 
 
-def run_worker(spec: dict[str, Any], make_handler: MakeHandler) -> None:
-    """Serve requests for one identity until the manager goes away or stops us.
-
-    ``make_handler(spec)`` runs after the privilege drop, in the worker's own identity.
-    """
+def run_worker(
+    spec: dict[str, Any],
+    config: WorkerConfig,
+    *,
+    parent_pid: int,
+    make_handler: MakeHandler | None = None,
+) -> None:
+    """Serve requests for one identity until the manager or the zygote goes away."""
+    identity = identity_from_spec(spec)
     context = zmq.Context()
     manager = context.socket(zmq.DEALER)
     manager.setsockopt(zmq.LINGER, 0)
-    manager.setsockopt(zmq.IDENTITY, spec["socket_id"].encode())
-    manager.connect(spec["endpoint"])
+    manager.setsockopt(zmq.IDENTITY, str(spec["socket_id"]).encode())
+    manager.connect(str(spec["endpoint"]))
     try:
-        manager.send(HELLO)
-        if not manager.poll(HANDSHAKE_TIMEOUT_MS) or manager.recv() != WELCOME:
-            log.error("worker %s: no welcome from the manager; exiting", spec["socket_id"])
+        manager.send(link.HELLO)
+        if not manager.poll(HANDSHAKE_TIMEOUT_MS):
+            log.error("worker for uid %d: no welcome from the manager; exiting", identity.uid)
             return
-        drop_privileges(identity_from_spec(spec))
-        _serve(manager, make_handler(spec), int(spec["threads"]))
+        grant = link.read_grant(manager.recv_multipart())
+        limit_heap(config.memory_limit_bytes)
+        try:
+            drop_privileges(identity)
+        except ImageServerError as exc:
+            log.warning("worker for uid %d cannot start: %s", identity.uid, exc)
+            manager.setsockopt(zmq.LINGER, FAILED_LINGER_MS)
+            manager.send_multipart(link.failed(Failure.of(exc)))
+            return
+        set_parent_death_signal(signal.SIGKILL)
+        if is_orphan(parent_pid):
+            return
+        build = make_handler or _default_handler
+        _serve(manager, build(identity, config, grant), config, parent_pid)
     finally:
-        manager.close(0)
+        manager.close()
         context.term()
 
 
-def _serve(manager: zmq.Socket, handler: Handler, threads: int) -> None:
+def limit_heap(limit_bytes: int) -> None:
+    """Cap the data segment (heap and private mappings): an allocation beyond it fails with
+    MemoryError in the request that made it, instead of the machine swapping or the OOM
+    killer choosing a victim."""
+    if limit_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+
+
+def _default_handler(identity: Identity, config: WorkerConfig, grant: dict[str, Any]) -> Handler:
+    from imageserver.cache.renderer import renderer_for_worker
+    from imageserver.service.jobs import Jobs
+
+    renderer = renderer_for_worker(
+        {"gid": identity.gid, "home": identity.home, "cache": grant.get("cache")}, config.cache
+    )
+    return Jobs(renderer=renderer, limits=config.limits)
+
+
+def run_job(handler: Handler, job: link.Job, memory_limit_bytes: int) -> Reply:
+    """One job to one typed reply, whatever happens inside it."""
+    if time.monotonic_ns() > job.deadline_ns:
+        return Failure.of(DeadlineError("the request was not started before its deadline"))
+    try:
+        return handler(job.payload)
+    except MemoryError:
+        limit = f" of {memory_limit_bytes >> 20} MiB" if memory_limit_bytes > 0 else ""
+        log.warning("a request needed more memory than the worker's limit%s", limit)
+        return Failure.of(
+            ResourceLimitError(f"the request needed more memory than the worker's limit{limit}")
+        )
+    except Exception:
+        reference = secrets.token_hex(4)
+        log.exception("job failed (reference %s)", reference)
+        return Failure.of(
+            InternalError(f"internal error (reference {reference}); the server log has details")
+        )
+
+
+def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_pid: int) -> None:
     replies: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
     wake_read, wake_write = os.pipe()
     poller = zmq.Poller()
     poller.register(manager, zmq.POLLIN)
     poller.register(wake_read, zmq.POLLIN)
+    in_flight = 0
+    last_active = time.monotonic()
+    is_released = True
 
-    def work(request_id: bytes, payload: bytes) -> None:
-        try:
-            frames = handler(payload)
-        except Exception as exc:  # the outermost handler: every request gets its reply
-            log.exception("job failed")
-            frames = error_frames(f"internal error: {type(exc).__name__}: {exc}")
-        replies.put([request_id, *frames])
+    def work(job: link.Job) -> None:
+        answer = run_job(handler, job, config.memory_limit_bytes)
+        replies.put(link.reply(job.request_id, answer))
         os.write(wake_write, b"x")
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="job") as pool:
+    with ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="job") as pool:
         while True:
-            events = dict(poller.poll())
+            events = dict(poller.poll(PARENT_CHECK_MS))
+            if is_orphan(parent_pid):
+                log.warning("worker %d: the zygote has gone; exiting", os.getpid())
+                os._exit(0)
             if manager in events:
                 while True:
                     try:
                         frames = manager.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if len(frames) != 2:
-                        log.error("worker: unexpected message of %d frames", len(frames))
+                    try:
+                        job = link.read_request(frames)
+                    except link.LinkError as exc:
+                        log.error("worker: dropped a message from the manager: %s", exc)
                         continue
-                    pool.submit(work, frames[0], frames[1])
+                    in_flight += 1
+                    is_released = False
+                    pool.submit(work, job)
             if wake_read in events:
                 _drain(wake_read)
                 while not replies.empty():
                     manager.send_multipart(replies.get())
+                    in_flight -= 1
+                    last_active = time.monotonic()
+            idle_s = time.monotonic() - last_active
+            if not is_released and in_flight == 0 and idle_s >= config.idle_release_s:
+                handler.release_idle()
+                is_released = True
 
 
 def _drain(fd: int) -> None:

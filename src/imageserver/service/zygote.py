@@ -1,49 +1,63 @@
-"""A pre-warmed process that forks workers on demand.
+"""A pre-warmed process that forks workers on demand, holding nothing a worker must not have.
 
-The manager forks it before it creates any ZeroMQ context or thread, so the zygote holds no
-sockets; it imports the imaging stack and loads the compiled kernels once. Forking a worker
-from it costs milliseconds (no interpreter start, no JIT), which is how a new identity is
-served within 100 ms. Workers are the zygote's children: it reaps them and tells the
-manager, over a socketpair of JSON lines, which one ended and how.
+The manager starts it as a new program (``python -m imageserver.service.zygote``), not as a
+fork of itself: a fork would hand every worker a copy of the manager's memory, with the
+administrative Redis password and the session store's address in it. The zygote reads a
+`WorkerConfig` (no secret) from its socketpair, imports the imaging stack, compiles the
+kernels once and says ``ready``; forking a worker from it then costs milliseconds, which is
+how a new identity is served within 100 ms.
+
+Lifetimes: the zygote dies with the manager (PR_SET_PDEATHSIG, and an end-of-file on the
+socketpair), and each worker with the zygote (PR_SET_PDEATHSIG set by the worker *after* it
+drops its privileges: a credential change clears it). Workers are the zygote's children: it
+reaps them and tells the manager, over JSON lines, which one ended and how.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import select
 import signal
 import socket
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imageserver.service.lifetime import set_parent_death_signal
+from imageserver.service.worker_config import WorkerConfig
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-WorkerMain = Callable[[dict[str, Any]], None]
+_ENVIRONMENT_PREFIXES = ("LANG", "LC_", "TZ", "PATH", "PYTHON", "NUMBA_", "OMP_", "HDF5_")
+_ENVIRONMENT_NAMES = frozenset({"VIRTUAL_ENV", "TMPDIR", "TERM"})
 
 
 @dataclass(frozen=True)
 class ZygoteEvent:
-    """``spawned`` (key, pid) or ``exited`` (pid, status text)."""
+    """``ready``, ``spawned`` (key, pid) or ``exited`` (pid, status text)."""
 
     kind: str
-    pid: int
+    pid: int = 0
     key: str = ""
     status: str = ""
 
 
 class ZygoteClient:
-    """The manager's end: ask for workers, read spawn and exit events."""
+    """The manager's end: ask for workers, read ready, spawn and exit events."""
 
-    def __init__(self, sock: socket.socket, pid: int) -> None:
+    def __init__(self, sock: socket.socket, process: subprocess.Popen[bytes]) -> None:
         self._sock = sock
         self._buffer = b""
-        self.pid = pid
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -53,7 +67,10 @@ class ZygoteClient:
 
     def read_events(self) -> list[ZygoteEvent]:
         """Events available now; raises ConnectionError when the zygote has gone."""
-        chunk = self._sock.recv(65536)
+        try:
+            chunk = self._sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
         if not chunk:
             raise ConnectionError("the worker zygote has exited")
         self._buffer += chunk
@@ -64,7 +81,7 @@ class ZygoteClient:
             events.append(
                 ZygoteEvent(
                     kind=message["op"],
-                    pid=int(message["pid"]),
+                    pid=int(message.get("pid", 0)),
                     key=message.get("key", ""),
                     status=message.get("status", ""),
                 )
@@ -72,52 +89,113 @@ class ZygoteClient:
         return events
 
     def close(self) -> None:
+        """Closing the socketpair ends the zygote, and with it every worker."""
         self._sock.close()
-
-
-def start_zygote(worker_main: WorkerMain, warm_up: Callable[[], None]) -> ZygoteClient:
-    """Fork the zygote; call before creating any ZeroMQ context or thread in this process."""
-    manager_end, zygote_end = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the zygote
-        manager_end.close()
-        status = 0
         try:
-            _set_parent_death_signal(signal.SIGTERM)
-            warm_up()
-            _serve(zygote_end, worker_main)
-        except BaseException:
-            log.exception("worker zygote failed")
-            status = 1
-        finally:
-            os._exit(status)
-    zygote_end.close()
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+def start_zygote(config: WorkerConfig) -> ZygoteClient:
+    """Start the zygote program; it warms up in the background and then sends ``ready``."""
+    manager_end, zygote_end = socket.socketpair()
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "imageserver.service.zygote",
+                str(zygote_end.fileno()),
+                str(os.getpid()),
+            ],
+            pass_fds=[zygote_end.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=worker_environment(os.environ),
+        )
+    finally:
+        zygote_end.close()
     manager_end.setblocking(True)
-    return ZygoteClient(manager_end, pid)
+    manager_end.sendall(config.to_json() + b"\n")
+    return ZygoteClient(manager_end, process)
 
 
-def _serve(sock: socket.socket, worker_main: WorkerMain) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def worker_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The variables workers need (locale, paths, library tuning); nothing else crosses."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _ENVIRONMENT_NAMES or name.startswith(_ENVIRONMENT_PREFIXES)
+    }
+
+
+def main(argv: Sequence[str]) -> int:
+    """The zygote program: ``python -m imageserver.service.zygote FD MANAGER_PID``."""
+    fd, manager_pid = int(argv[0]), int(argv[1])
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != manager_pid:
+        return 0  # the manager died before the signal was armed
+    sock = socket.socket(fileno=fd)
+    line, rest = _read_line(sock)
+    config = WorkerConfig.from_json(line)
+    from imageserver.logs import configure_logging
+
+    configure_logging(config.log_level, to_syslog=False)
+    _warm_up()
+    _send(sock, {"op": "ready", "pid": os.getpid()})
+    _serve(sock, config, rest)
+    return 0
+
+
+def _warm_up() -> None:
+    """Import every module a worker may need and compile the kernels, as root, once.
+
+    After the privilege drop a worker may be unable to read the interpreter's own files
+    (a Python installed under /root), and each import would cost every new worker again.
+    """
+    import imageserver.cache.renderer
+    import imageserver.cli
+    import imageserver.service.jobs
+    import imageserver.service.worker  # noqa: F401
+    from imageserver.allocator import tune_allocator
+    from imageserver.imaging.reduce import warm_up
+
+    tune_allocator()
+    warm_up()
+
+
+def _read_line(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The first line, and whatever followed it in the same reads (spawn commands)."""
+    data = b""
+    while b"\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit(0)  # the manager went away before saying anything
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
+
+
+def _serve(sock: socket.socket, config: WorkerConfig, buffer: bytes) -> None:
     children: set[int] = set()
-    buffer = b""
     try:
         while True:
             readable, _, _ = select.select([sock], [], [], 0.05)
             for pid, status in _reap(children):
                 _send(sock, {"op": "exited", "pid": pid, "status": status})
-            if not readable:
-                continue
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                return  # the manager has gone: stop everything below us
-            buffer += chunk
+            if readable:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    return  # the manager has gone: stop everything below us
+                buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 command = json.loads(line)
-                pid = _fork_worker(sock, worker_main, command["spec"])
+                pid = _fork_worker(sock, command["spec"], config)
                 children.add(pid)
                 _send(sock, {"op": "spawned", "pid": pid, "key": command["key"]})
     finally:
@@ -126,15 +204,17 @@ def _serve(sock: socket.socket, worker_main: WorkerMain) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _fork_worker(sock: socket.socket, worker_main: WorkerMain, spec: dict[str, Any]) -> int:
+def _fork_worker(sock: socket.socket, spec: dict[str, Any], config: WorkerConfig) -> int:
+    zygote_pid = os.getpid()
     pid = os.fork()
     if pid != 0:
         return pid
     status = 0
     try:
         sock.close()
-        _set_parent_death_signal(signal.SIGKILL)
-        worker_main(spec)
+        from imageserver.service.worker import run_worker
+
+        run_worker(spec, config, parent_pid=zygote_pid)
     except BaseException:
         log.exception("worker failed")
         status = 1
@@ -165,8 +245,5 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _set_parent_death_signal(signum: int) -> None:
-    """Linux: die with the parent, so no worker outlives its manager."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from imageserver.service.reply import Reply, Success
+
 MAX_ERROR_BYTES = 4094
 """The legacy error buffer: longer texts are cut, clients never saw more."""
 
@@ -53,3 +55,12 @@ def error_frames(text: str) -> list[bytes]:
 def success_frames(*parts: bytes) -> list[bytes]:
     """A legacy success reply body: the empty error slot, then the parts."""
     return [b"", *parts]
+
+
+def legacy_frames(reply: Reply) -> list[bytes]:
+    """The legacy reply body of a typed reply: the parts, the fallback parts or the error text."""
+    if isinstance(reply, Success):
+        return success_frames(*reply.parts)
+    if reply.fallback:
+        return success_frames(*reply.fallback)
+    return error_frames(reply.message)

@@ -10,6 +10,8 @@ import logging
 
 import zmq
 
+from imageserver.service.systemd import notify
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,12 @@ def run_proxy(
             front.bind(endpoint)
         for endpoint in back_endpoints:
             back.bind(endpoint)
-        log.info("proxy: clients on %s, servers on %s", front_endpoints, back_endpoints)
+        log.info(
+            "imageserver proxy ready: clients on %s, servers on %s",
+            ", ".join(front_endpoints),
+            ", ".join(back_endpoints),
+        )
+        notify("READY=1\nSTATUS=relaying")
         zmq.proxy(front, back)
     except zmq.ContextTerminated:
         log.info("proxy stopped")

@@ -1,0 +1,79 @@
+"""Admission: parse a request, check its session, find the Unix identity it runs as.
+
+Runs in the manager's session-check threads. It never raises for a bad request: the outcome
+is an `Admission` holding either the identity or the error, plus what the audit log needs
+(type, login, ESAF, the token's short hash, file) and the request type's deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imageserver.config import Settings
+from imageserver.errors import AccessDeniedError, ImageServerError
+from imageserver.service.auth import SessionVerifier
+from imageserver.service.identity import Identity, resolve_identity
+from imageserver.service.requests import parse_request
+
+LONG_REQUEST_TYPES = frozenset({"index"})
+"""Request types that run long by nature and get ``long_request_deadline_s``."""
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the audit log says of a request; never the token itself."""
+
+    type: str = ""
+    login: str = ""
+    esaf: int | None = None
+    session: str = ""
+    fn: str = ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    identity: Identity | None
+    failure: ImageServerError | None
+    info: RequestInfo
+    deadline_s: float | None = None
+
+    @classmethod
+    def refused(cls, failure: ImageServerError, info: RequestInfo | None = None) -> Admission:
+        return cls(identity=None, failure=failure, info=info or RequestInfo())
+
+
+def make_admit(settings: Settings, verifier: SessionVerifier) -> Callable[[bytes], Admission]:
+    def admit(payload: bytes) -> Admission:
+        try:
+            request = parse_request(payload, settings.limits)
+        except ImageServerError as exc:
+            return Admission.refused(exc)
+        kind = str(request.job.get("type", "")).lower()
+        info = RequestInfo(
+            type=kind,
+            esaf=request.esaf,
+            session=request.session_hash,
+            fn=str(getattr(request, "fn", "")),
+        )
+        login = ""
+        try:
+            session = verifier.authenticate(request.pid, request.esaf)
+            login = session.login
+            identity = resolve_identity(session.login, request.esaf, settings)
+        except ImageServerError as exc:
+            if isinstance(exc, AccessDeniedError) and exc.login:
+                login = exc.login
+            return Admission.refused(exc, _with_login(info, login))
+        deadline_s = (
+            settings.workers.long_request_deadline_s
+            if kind in LONG_REQUEST_TYPES
+            else settings.workers.request_deadline_s
+        )
+        return Admission(identity, None, _with_login(info, login), deadline_s)
+
+    return admit
+
+
+def _with_login(info: RequestInfo, login: str) -> RequestInfo:
+    return RequestInfo(info.type, login, info.esaf, info.session, info.fn)
