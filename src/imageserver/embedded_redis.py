@@ -34,27 +34,36 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """One redis-server process; ``stop`` then ``start`` keeps the port (a Redis restart)."""
 
-    def __init__(self, directory: Path, binary: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, binary: str | None = None, *, password: str | None = None
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.directory = directory
         self.port = free_port()
+        self.password = password
+        """The default user's password (``requirepass``); None leaves the server open."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2.0)
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=2.0)
 
     def start(self) -> EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        if self.password:
+            command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
-        probe = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        probe = redis.Redis(
+            port=self.port, password=self.password, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
         deadline = time.monotonic() + START_DEADLINE_S
         try:
             while True:

@@ -59,15 +59,17 @@ class Chain(LocalService):
         *,
         idle_timeout_s: float = 600.0,
         max_workers: int = 64,
+        threads: int = 2,
+        workers_extra: str = "",
     ) -> None:
         super().__init__(
             directory,
             redis_url,
             extra_config=(
                 f'[identity]\nesaf_group_pattern = "{ESAF_GROUP_PATTERN}"\n'
-                "[workers]\nthreads = 2\n"
+                f"[workers]\nthreads = {threads}\n"
                 f"request_deadline_s = {deadline_s}\nidle_timeout_s = {idle_timeout_s}\n"
-                f"max_workers = {max_workers}\n"
+                f"max_workers = {max_workers}\n" + workers_extra
             ),
         )
 
@@ -75,6 +77,13 @@ class Chain(LocalService):
         """Workers are the children of the zygote, the manager's only child."""
         zygotes = children_of(self.manager_pid())
         return [pid for zygote in zygotes for pid in children_of(zygote)]
+
+    def zygote_pid(self) -> int:
+        (zygote,) = children_of(self.manager_pid())
+        return zygote
+
+    def log_text(self, role: str = "serve") -> str:
+        return (self.directory / f"{role}.log").read_text(errors="replace")
 
 
 def children_of(parent: int) -> list[int]:
@@ -86,9 +95,23 @@ def children_of(parent: int) -> list[int]:
             status = proc_status(int(entry))
         except OSError:
             continue
-        if int(status.get("PPid", "-1")) == parent:
+        if int(status.get("PPid", "-1")) == parent and not status["State"].startswith("Z"):
             found.append(int(entry))
     return found
+
+
+def proc_gid(pid: int) -> int:
+    """The effective gid of a process (its /proc directory is root's: workers are not
+    dumpable)."""
+    return int(proc_status(pid)["Gid"].split()[1])
+
+
+def is_alive(pid: int) -> bool:
+    """Running or stopped, not gone and not a zombie waiting to be reaped."""
+    try:
+        return not proc_status(pid)["State"].startswith(("Z", "X"))
+    except OSError:
+        return False
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -10,9 +10,9 @@ from imageserver.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
 
 class RedisServer(EmbeddedRedis):
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, password: str | None = None) -> None:
         try:
-            super().__init__(directory)
+            super().__init__(directory, password=password)
         except EmbeddedRedisError as exc:
             pytest.fail(f"{exc}; scripts/test installs redis-server")
 

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain import IS_ROOT, Accounts, Chain, login_name, place_file, wait_for, world_readable_dir
+from chain import (
+    IS_ROOT,
+    Accounts,
+    Chain,
+    login_name,
+    place_file,
+    proc_gid,
+    wait_for,
+    world_readable_dir,
+)
 from redis_process import RedisServer
 
 from imageserver.sampledata.dataset import PILATUS_CBF
@@ -72,7 +81,7 @@ class Workers:
 
         def find() -> int | None:
             for pid in self.chain.worker_pids():
-                if os.stat(f"/proc/{pid}").st_gid == gid:
+                if proc_gid(pid) == gid:
                     return pid
             return None
 

@@ -14,6 +14,7 @@ import os
 
 _PR_SET_PDEATHSIG = 1
 _PR_GET_PDEATHSIG = 2
+_PR_SET_DUMPABLE = 4
 
 
 def set_parent_death_signal(signum: int) -> None:
@@ -32,6 +33,15 @@ def parent_death_signal() -> int:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_GET_PDEATHSIG): {os.strerror(errno)}")
     return value.value
+
+
+def forbid_inspection() -> None:
+    """Not dumpable: other processes of the same user can neither ptrace this one nor read
+    its memory (the ESAF's Redis password), and it leaves no core file."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_DUMPABLE): {os.strerror(errno)}")
 
 
 def is_orphan(parent_pid: int) -> bool:

@@ -348,6 +348,7 @@ class Manager:
     def _on_zygote_event(self, event: ZygoteEvent) -> None:
         if event.kind == "ready":
             self._zygote_deaths = 0
+            log.info("manager: worker zygote %d ready", self._zygote.pid)
             if not self._is_ready:
                 self._is_ready = True
                 log.info(

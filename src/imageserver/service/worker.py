@@ -37,7 +37,7 @@ from imageserver.errors import (
 )
 from imageserver.service import link
 from imageserver.service.identity import Identity, drop_privileges
-from imageserver.service.lifetime import is_orphan, set_parent_death_signal
+from imageserver.service.lifetime import forbid_inspection, is_orphan, set_parent_death_signal
 from imageserver.service.reply import Failure, Reply
 from imageserver.service.worker_config import WorkerConfig
 
@@ -99,6 +99,7 @@ def run_worker(
             manager.send_multipart(link.failed(Failure.of(exc)))
             return
         set_parent_death_signal(signal.SIGKILL)
+        forbid_inspection()
         if is_orphan(parent_pid):
             return
         build = make_handler or _default_handler
