@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame, FrameMeta
@@ -22,7 +23,7 @@ from imageserver.imaging.colormaps import get_colormap
 from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_planes
 from imageserver.imaging.encode import encode_jpeg_ycc, encode_png
 from imageserver.imaging.geometry import View, plan_view
-from imageserver.imaging.label import MAX_HEIGHT_PX, label_text, render_banner
+from imageserver.imaging.label import check_label_height, label_text, render_banner
 from imageserver.imaging.reduce import Reduced, reduce_frame
 from imageserver.imaging.stats import ViewStats, view_stats
 from imageserver.memo import IdentityMemo
@@ -84,7 +85,10 @@ class RenderedImage:
     height_px: int
 
 
-def plan_frame_view(frame: Frame, spec: ViewSpec) -> View:
+def plan_frame_view(
+    frame: Frame, spec: ViewSpec, *, limits: LimitSettings = DEFAULT_LIMITS
+) -> View:
+    """The view ``spec`` asks for on this frame, within ``limits`` (see `plan_view`)."""
     return plan_view(
         frame.meta.width_px,
         frame.meta.height_px,
@@ -93,12 +97,19 @@ def plan_frame_view(frame: Frame, spec: ViewSpec) -> View:
         zoom=spec.zoom,
         segcol=spec.segcol,
         segrow=spec.segrow,
+        limits=limits,
     )
 
 
-def reduce_view(frame: Frame, spec: ViewSpec, *, fn: str | None = None) -> ReducedView:
+def reduce_view(
+    frame: Frame,
+    spec: ViewSpec,
+    *,
+    fn: str | None = None,
+    limits: LimitSettings = DEFAULT_LIMITS,
+) -> ReducedView:
     """Reduce one frame to the requested view at full bit depth and describe it."""
-    view = plan_frame_view(frame, spec)
+    view = plan_frame_view(frame, spec, limits=limits)
     reduced = reduce_frame(frame, view)
     stats = view_stats(reduced, frame.meta.beam_center_x_px, frame.meta.beam_center_y_px)
     meta = {
@@ -135,14 +146,19 @@ def stats_fields(stats: ViewStats) -> dict[str, Any]:
     return fields
 
 
-def render_jpeg(view: ReducedView, look: Look) -> RenderedImage:
-    """Map a reduced view to 8 bits with the requested look and encode it (JPEG by default)."""
+def render_jpeg(
+    view: ReducedView, look: Look, *, limits: LimitSettings = DEFAULT_LIMITS
+) -> RenderedImage:
+    """Map a reduced view to 8 bits with the requested look and encode it (JPEG by default).
+
+    ``limits.max_label_height_px`` bounds the banner; the view itself was bounded when it
+    was planned.
+    """
     levels = choose_levels(view.stats, look.contrast, look.wval)
     if look.image_format not in ("jpeg", "png"):
         raise RequestError(f"unknown image format {look.image_format!r}; use jpeg or png")
     banner_px = look.label_height_px
-    if not 0 <= banner_px <= MAX_HEIGHT_PX:
-        raise RequestError(f"label height {banner_px} is outside 0..{MAX_HEIGHT_PX} pixels")
+    check_label_height(banner_px, limits)
     space = "ycc" if look.image_format == "jpeg" else "rgb"
     planes = map_contrast_planes(
         view.reduced, levels, look.colormap, space=space, top_rows=banner_px
@@ -168,8 +184,10 @@ def render_jpeg(view: ReducedView, look: Look) -> RenderedImage:
     )
 
 
-def render_file(spec: ViewSpec, look: Look) -> tuple[RenderedImage, ReducedView]:
+def render_file(
+    spec: ViewSpec, look: Look, *, limits: LimitSettings = DEFAULT_LIMITS
+) -> tuple[RenderedImage, ReducedView]:
     """Open, reduce and render in one call: the CLI's and batch job's path (no cache)."""
     frame = open_frame(spec.path, spec.frame)
-    reduced_view = reduce_view(frame, spec)
-    return render_jpeg(reduced_view, look), reduced_view
+    reduced_view = reduce_view(frame, spec, limits=limits)
+    return render_jpeg(reduced_view, look, limits=limits), reduced_view

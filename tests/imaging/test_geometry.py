@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imageserver.config import LimitSettings
 from imageserver.errors import CorruptFrameError, RequestError
 from imageserver.imaging.geometry import View, axis_bounds, box_bounds, plan_view
 
@@ -47,23 +49,70 @@ def test_ysize_overrides_the_height() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"xsize": 10001}, "xsize 10001 is above the limit of 10000 pixels"),
-        ({"xsize": 100, "ysize": 7}, "ysize 7 is outside 8..10000 pixels"),
+        (
+            {"xsize": 10001},
+            "xsize 10001 is above the limit of 10000 pixels ([limits] max_xsize_px)",
+        ),
+        ({"xsize": 100, "ysize": 7}, "ysize 7 is outside 8..10000 pixels ([limits] max_xsize_px)"),
         ({"xsize": 100, "ysize": 10001}, "ysize 10001 is outside 8..10000 pixels"),
-        ({"xsize": 100, "zoom": 64.06}, "zoom 64.1 is above the limit of 64"),
+        ({"xsize": 100, "zoom": 64.06}, "zoom 64.1 is above the limit of 64 ([limits] max_zoom)"),
+        ({"xsize": 100, "zoom": 1e308}, "zoom 1e+308 is above the limit of 64"),
         ({"xsize": 100, "zoom": math.nan}, "zoom must be a finite number, not nan"),
         ({"xsize": 100, "zoom": 2, "segcol": math.inf}, "segcol must be a finite number"),
         ({"xsize": 100, "zoom": 2, "segrow": -2e6}, "segrow -2e+06 is more than 1e+06"),
     ],
 )
 def test_out_of_range_requests_are_rejected(kwargs: dict[str, float], message: str) -> None:
-    with pytest.raises(RequestError, match=message.replace("+", r"\+")):
+    with pytest.raises(RequestError, match=re.escape(message)):
         plan_view(1000, 800, **kwargs)  # type: ignore[arg-type]
 
 
 def test_a_very_tall_output_is_rejected() -> None:
     with pytest.raises(RequestError, match="20000 pixels high, above the limit of 10000"):
         plan_view(100, 2000, xsize=1000)
+
+
+def test_a_huge_negative_zoom_shows_the_whole_frame() -> None:
+    """10 · -1e308 overflows to -inf, which rounding cannot turn into an integer."""
+    assert plan_view(1000, 800, xsize=100, zoom=-1e308).zoom == 1.0
+
+
+WIDE = LimitSettings(max_xsize_px=20000)
+
+
+def test_the_configured_size_limit_is_the_one_applied() -> None:
+    """A limit the request parser accepts from the configuration must not be refused here."""
+    view = plan_view(20000, 10000, xsize=12000, limits=WIDE)
+    assert (view.width_px, view.height_px) == (12000, 6000)
+    assert plan_view(1000, 800, xsize=100, ysize=12000, limits=WIDE).height_px == 12000
+    assert plan_view(100, 2000, xsize=1000, limits=WIDE).height_px == 20000
+    with pytest.raises(RequestError, match=r"xsize 12000 is above the limit of 10000 pixels"):
+        plan_view(20000, 10000, xsize=12000)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"xsize": 501}, "xsize 501 is above the limit of 500 pixels ([limits] max_xsize_px)"),
+        ({"xsize": 100, "ysize": 501}, "ysize 501 is outside 8..500 pixels"),
+        ({"xsize": 300}, "gives an image 600 pixels high, above the limit of 500 ([limits]"),
+        ({"xsize": 100, "zoom": 2.1}, "zoom 2.1 is above the limit of 2 ([limits] max_zoom)"),
+    ],
+)
+def test_a_tighter_configured_limit_refuses_and_names_itself(
+    kwargs: dict[str, float], message: str
+) -> None:
+    tight = LimitSettings(max_xsize_px=500, max_zoom=2.0)
+    with pytest.raises(RequestError, match=re.escape(message)):
+        plan_view(100, 200, limits=tight, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_configured_zoom_limit_is_the_one_applied() -> None:
+    deep = LimitSettings(max_zoom=128.0)
+    view = plan_view(4000, 4000, xsize=64, zoom=100, segcol=99, segrow=0, limits=deep)
+    assert (view.zoom, view.window_w_px, view.x0_px) == (100.0, 40.0, 3960.0)
+    with pytest.raises(RequestError, match=r"zoom 100 is above the limit of 64"):
+        plan_view(4000, 4000, xsize=64, zoom=100)
 
 
 def test_an_empty_frame_is_a_frame_error() -> None:

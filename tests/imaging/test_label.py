@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from imageserver.config import LimitSettings
 from imageserver.errors import RequestError
 from imageserver.imaging.label import add_label, label_text, render_banner
 
@@ -48,8 +51,22 @@ def test_height_zero_returns_the_image_unchanged() -> None:
 
 @pytest.mark.parametrize("height", [-1, 65])
 def test_height_outside_0_to_64_is_rejected(height: int) -> None:
-    with pytest.raises(RequestError, match=f"label height {height} is outside 0..64 pixels"):
+    message = f"label height {height} is outside 0..64 pixels ([limits] max_label_height_px)"
+    with pytest.raises(RequestError, match=re.escape(message)):
         add_label(grey_image(), "x", height)
+
+
+def test_the_configured_height_limit_is_the_one_applied() -> None:
+    """The parser keeps banners up to the configured limit; drawing them must not refuse."""
+    image = grey_image()
+    out = add_label(image, "frame 1", 100, limits=LimitSettings(max_label_height_px=128))
+    assert out.shape == (20 + 100, 200, 3)
+    assert np.all(out[16:100] == 255)  # below the 15-px glyphs the banner is plain white
+    np.testing.assert_array_equal(out[100:], image)
+    with pytest.raises(RequestError, match=re.escape("label height 100 is outside 0..64 pixels")):
+        add_label(image, "frame 1", 100)
+    with pytest.raises(RequestError, match=re.escape("label height 16 is outside 0..8 pixels")):
+        add_label(image, "frame 1", 16, limits=LimitSettings(max_label_height_px=8))
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +128,14 @@ def test_mask_of_another_shape_is_a_frame_error() -> None:
         reduce_frame(frame, view_of(2, 2, 0, 0, 4, 4))
 
 
-def test_non_uint8_and_strided_inputs_are_accepted() -> None:
+@pytest.mark.parametrize("reduce", REDUCERS)
+def test_non_uint8_and_strided_inputs_are_accepted(
+    reduce: Callable[[Frame, View], Reduced],
+) -> None:
     pixels = np.arange(64, dtype=np.uint32).reshape(8, 8)[:, ::2]  # not contiguous
     mask = np.zeros((8, 4), dtype=np.int32)
     mask[0, 0] = 256  # would be 0 if cast to uint8
-    got = reduce_frame(frame_of(pixels, mask), view_of(1, 1, 0, 0, 1, 1))
+    got = reduce(frame_of(pixels, mask), view_of(1, 1, 0, 0, 1, 1))
     assert (got.values.tolist(), got.flags.tolist()) == ([[0]], [[Flags.MASKED]])
 
 

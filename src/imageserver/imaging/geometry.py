@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import CorruptFrameError, RequestError
 
 MIN_SIZE_PX = 8
-MAX_SIZE_PX = 10000
-MAX_ZOOM = 64.0
+"""Smaller sizes are raised to this (legacy clamp); the upper bounds are `LimitSettings`."""
 MAX_SEGMENT = 1e6
+"""Segments farther off the image are refused: they could only ever show blank."""
 
 IndexArray = npt.NDArray[np.int64]
 
@@ -58,11 +59,16 @@ def plan_view(
     zoom: float = 1.0,
     segcol: float = 0.0,
     segrow: float = 0.0,
+    limits: LimitSettings = DEFAULT_LIMITS,
 ) -> View:
     """Turn the legacy request geometry into a view; RequestError for values out of range.
 
     Zoom is rounded to 0.1 as the legacy server did; at zoom Z each axis is cut into ⌈Z⌉
     segments and (segcol, segrow) picks one (fractional and off-image segments are allowed).
+    ``limits`` is the same `LimitSettings` the request parser used, so whatever the
+    configuration lets through the parser is planned here too: ``max_xsize_px`` bounds the
+    width, an explicit ``ysize`` and the height derived from the aspect ratio; ``max_zoom``
+    bounds the zoom.
     """
     if source_w_px < 1 or source_h_px < 1:
         raise CorruptFrameError(
@@ -76,25 +82,34 @@ def plan_view(
             raise RequestError(
                 f"{name} {value:g} is more than {MAX_SEGMENT:g} segments off the image"
             )
-    zoom = math.floor(10.0 * zoom + 0.5) / 10.0
-    if zoom > MAX_ZOOM:
-        raise RequestError(f"zoom {zoom:g} is above the limit of {MAX_ZOOM:g}")
+    # Rounding 10·zoom would overflow to ±inf near ±1e308: refuse or clamp before it.
+    if zoom > limits.max_zoom + 1.0:
+        raise _above_zoom_limit(zoom, limits)
+    zoom = math.floor(10.0 * zoom + 0.5) / 10.0 if zoom > 1.0 else 1.0
+    if zoom > limits.max_zoom:
+        raise _above_zoom_limit(zoom, limits)
     if zoom <= 1.0:
         zoom, segcol, segrow = 1.0, 0.0, 0.0
+    max_px = limits.max_xsize_px
     width_px = max(int(xsize), MIN_SIZE_PX)
-    if width_px > MAX_SIZE_PX:
-        raise RequestError(f"xsize {xsize} is above the limit of {MAX_SIZE_PX} pixels")
+    if width_px > max_px:
+        raise RequestError(
+            f"xsize {xsize} is above the limit of {max_px} pixels ([limits] max_xsize_px)"
+        )
     window_w_px = source_w_px / zoom
     window_h_px = source_h_px / zoom
     if ysize is None:
         height_px = max(1, round(width_px * window_h_px / window_w_px))
-        if height_px > MAX_SIZE_PX:
+        if height_px > max_px:
             raise RequestError(
                 f"xsize {width_px} on a {source_w_px} × {source_h_px} frame gives an image"
-                f" {height_px} pixels high, above the limit of {MAX_SIZE_PX}"
+                f" {height_px} pixels high, above the limit of {max_px} ([limits]"
+                " max_xsize_px bounds the height too); ask for a smaller xsize or a ysize"
             )
-    elif not MIN_SIZE_PX <= ysize <= MAX_SIZE_PX:
-        raise RequestError(f"ysize {ysize} is outside {MIN_SIZE_PX}..{MAX_SIZE_PX} pixels")
+    elif not MIN_SIZE_PX <= ysize <= max_px:
+        raise RequestError(
+            f"ysize {ysize} is outside {MIN_SIZE_PX}..{max_px} pixels ([limits] max_xsize_px)"
+        )
     else:
         height_px = int(ysize)
     return View(
@@ -107,6 +122,12 @@ def plan_view(
         zoom=zoom,
         segcol=segcol,
         segrow=segrow,
+    )
+
+
+def _above_zoom_limit(zoom: float, limits: LimitSettings) -> RequestError:
+    return RequestError(
+        f"zoom {zoom:g} is above the limit of {limits.max_zoom:g} ([limits] max_zoom)"
     )
 
 

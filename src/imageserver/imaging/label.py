@@ -15,13 +15,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
 
 FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono-Bold.ttf"
 """Debian package fonts-dejavu-core; Pillow's own default font is used if it is absent."""
 
 MAX_LABEL_CHARS = 63
-MAX_HEIGHT_PX = 64
 FULL_FONT_SIZE_PX = 15
 """Glyph size once the banner is 16 rows or more; smaller banners scale it down."""
 
@@ -35,10 +35,21 @@ def label_text(label: str, frame: int, first_frame: int, last_frame: int) -> str
     return text[:MAX_LABEL_CHARS]
 
 
-def add_label(rgb: Image8, text: str, height_px: int) -> Image8:
+def check_label_height(height_px: int, limits: LimitSettings = DEFAULT_LIMITS) -> None:
+    """RequestError unless 0 ≤ height_px ≤ ``limits.max_label_height_px``: the one check of
+    the banner height, so the configured limit is the same wherever a banner is drawn."""
+    top = limits.max_label_height_px
+    if not 0 <= height_px <= top:
+        raise RequestError(
+            f"label height {height_px} is outside 0..{top} pixels ([limits] max_label_height_px)"
+        )
+
+
+def add_label(
+    rgb: Image8, text: str, height_px: int, *, limits: LimitSettings = DEFAULT_LIMITS
+) -> Image8:
     """A copy of the image with the banner on top: shape (h + height_px, w[, 3])."""
-    if not 0 <= height_px <= MAX_HEIGHT_PX:
-        raise RequestError(f"label height {height_px} is outside 0..{MAX_HEIGHT_PX} pixels")
+    check_label_height(height_px, limits)
     if height_px == 0:
         return rgb
     banner = render_banner(text, rgb.shape[1], height_px)
@@ -71,7 +82,7 @@ def printable(text: str, font: Font) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=MAX_HEIGHT_PX)
+@functools.lru_cache(maxsize=FULL_FONT_SIZE_PX)  # sizes are 1..FULL_FONT_SIZE_PX
 def font_of_size(size_px: int) -> Font:
     try:
         return ImageFont.truetype(FONT_PATH, size_px)

@@ -8,10 +8,10 @@ passes), not from sum² − mean², which loses every digit for values near 3e9.
 Geometry: the beam centre comes in source pixels with pixel *centres* at integer coordinates
 (`formats.base`), so its source edge coordinate is beam + 0.5; it is mapped to the output grid
 with the view's scale, and a pixel's distance is measured at its centre (r + 0.5, c + 0.5).
-The shells are 16 equal-area annuli (equal steps of r²) between the nearest and the farthest
-output pixel centre; the nearest distance is 0 when the beam falls on the view. Legacy took the
-nearest *corner*, which lumps every pixel nearer than it into shell 0 when the beam is off to
-one side of a zoomed tile.
+The shells are 16 equal-area annuli (equal steps of r²) from the rectangle the output pixel
+centres span (distance 0 when the beam falls inside it, i.e. on the view but for a half-pixel
+rim) to the farthest output pixel centre. Legacy took the nearest *corner*, which lumps every
+pixel nearer than it into shell 0 when the beam is off to one side of a zoomed tile.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def is_usable_beam(position_px: float | None) -> bool:
 def shell_geometry(
     reduced: Reduced, beam_center_x_px: float, beam_center_y_px: float
 ) -> ShellGeometry:
-    """Beam centre on the output grid, and the nearest and farthest pixel-centre distances²."""
+    """Beam centre on the output grid; distance² to the pixel centres' span and the farthest."""
     view = reduced.view
     height, width = reduced.values.shape
     beam_x = (beam_center_x_px + 0.5 - view.x0_px) * width / view.window_w_px
@@ -167,8 +167,10 @@ def shell_geometry(
     near_y = min(max(beam_y, 0.5), height - 0.5)
     far_x = max(abs(beam_x - 0.5), abs(beam_x - (width - 0.5)))
     far_y = max(abs(beam_y - 0.5), abs(beam_y - (height - 0.5)))
-    d2_min = (beam_x - near_x) ** 2 + (beam_y - near_y) ** 2
-    return ShellGeometry(beam_x, beam_y, d2_min, far_x**2 + far_y**2)
+    # x * x, as the kernels square each pixel's distance: Python's x ** 2 calls pow(), which
+    # is off by one ulp for ~0.1 % of doubles, and the farthest pixel must land at exactly d²max.
+    d2_min = (beam_x - near_x) * (beam_x - near_x) + (beam_y - near_y) * (beam_y - near_y)
+    return ShellGeometry(beam_x, beam_y, d2_min, far_x * far_x + far_y * far_y)
 
 
 def one_shell_each(
