@@ -25,6 +25,7 @@ ImageServerError                  base: message is written for the person who se
     EmbeddedRedisError                                no redis-server for it
   ReplyTimeoutError               timeout             a client waited for a reply in vain
   InternalError                   internal            a bug; details only in the server log
+    LinkError                                         a worker broke the manager's protocol
 ```
 
 ``code`` is the stable, machine-readable name of each class (transports map it to a status);
@@ -193,6 +194,10 @@ class InternalError(ImageServerError):
     """A bug: something no request should cause. The client sees a reference, the log the rest."""
 
     code = "internal"
+
+
+class LinkError(InternalError, ValueError):
+    """A manager–worker message that breaks the protocol: a bug, or a compromised worker."""
 
 
 def all_error_classes() -> list[type[ImageServerError]]:

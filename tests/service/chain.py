@@ -37,6 +37,8 @@ class Accounts:
 
     def add_esaf_group(self, esaf: int) -> int:
         name = ESAF_GROUP_PATTERN.format(esaf=esaf)
+        # A test run killed before its clean-up leaves its group behind: take it over.
+        subprocess.run(["groupdel", name], capture_output=True, timeout=60)
         run_command("groupadd", name)
         self.groups.append(name)
         return grp.getgrnam(name).gr_gid

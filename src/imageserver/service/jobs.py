@@ -84,7 +84,7 @@ def handle(
         return JOBS[type(request)](request, renderer or _uncached(), limits)
     except ImageServerError as exc:
         if isinstance(request, JpegRequest):
-            return Failure.of(exc, fallback=_blank(request, str(exc)))
+            return Failure.of(exc, fallback=_blank(request, str(exc), limits))
         return Failure.of(exc)
 
 
@@ -122,12 +122,12 @@ def run_jpeg(request: Request, renderer: CachedRenderer, limits: LimitSettings) 
     return Success((job, _META_JSON.encode(served.value.meta, request.fn), image.data))
 
 
-def _blank(request: JpegRequest, reason: str) -> tuple[bytes, ...]:
+def _blank(request: JpegRequest, reason: str, limits: LimitSettings) -> tuple[bytes, ...]:
     """The legacy light-grey square (with the banner if asked), and the reason in the echo."""
     width = min(max(request.xsize, 8), MAX_BLANK_PX)
     rgb = np.full((width, width, 3), BLANK_GREY, dtype=np.uint8)
     if request.label and request.label_height > 0:
-        rgb = add_label(rgb, request.label[:63], request.label_height)
+        rgb = add_label(rgb, request.label[:63], request.label_height, limits=limits)
     return (echo_job(request, error=reason), b"", encode_jpeg(rgb, request.quality))
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imageserver.errors import LinkError
 from imageserver.service.reply import Failure, Reply, Success
 
 HELLO = b"hello"
@@ -32,10 +33,6 @@ REPLY = b"reply"
 SUCCESS = b"ok"
 FAILURE = b"err"
 MAX_TEXT_BYTES = 8192
-
-
-class LinkError(ValueError):
-    """A message that does not follow this protocol (a bug, or a compromised worker)."""
 
 
 @dataclass(frozen=True)

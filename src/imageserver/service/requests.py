@@ -25,22 +25,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from imageserver.config import LimitSettings
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
 from imageserver.imaging.colormaps import COLORMAPS
 from imageserver.imaging.encode import JPEG_CHROMA
-from imageserver.imaging.geometry import MAX_SEGMENT
+from imageserver.imaging.geometry import MAX_SEGMENT, MIN_SIZE_PX
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 MAX_NESTING = 64
 MAX_TYPE_LENGTH = 64
-MIN_XSIZE_PX = 8
+MIN_XSIZE_PX = MIN_SIZE_PX
 SPOTS_DEFAULT_XSIZE_PX = 384
 OBSOLETE_TYPES = frozenset(
     {"rsync_host_test", "rsync_connection_test", "local_dir_stats", "rsync_transfer"}
 )
-_DEFAULT_LIMITS = LimitSettings()
 
 
 def token_hash(pid: str) -> str:
@@ -109,7 +108,7 @@ Request = JpegRequest | SpotsRequest | MetaRequest | ObsoleteRequest
 
 def parse_request(payload: bytes, limits: LimitSettings | None = None) -> Request:
     """The one parser of request payloads; RequestError with a readable reason otherwise."""
-    limits = limits or _DEFAULT_LIMITS
+    limits = limits or DEFAULT_LIMITS
     job = _decode(payload, limits)
     reader = _FieldReader(job, limits)
     pid = job.get("pid")

@@ -15,6 +15,7 @@ loop also notices an idle spell (and lets the caches shrink) and a vanished pare
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -132,19 +133,31 @@ def run_job(handler: Handler, job: link.Job, memory_limit_bytes: int) -> Reply:
     if time.monotonic_ns() > job.deadline_ns:
         return Failure.of(DeadlineError("the request was not started before its deadline"))
     try:
-        return handler(job.payload)
+        answer = handler(job.payload)
     except MemoryError:
-        limit = f" of {memory_limit_bytes >> 20} MiB" if memory_limit_bytes > 0 else ""
-        log.warning("a request needed more memory than the worker's limit%s", limit)
-        return Failure.of(
-            ResourceLimitError(f"the request needed more memory than the worker's limit{limit}")
-        )
+        answer = None
     except Exception:
         reference = secrets.token_hex(4)
         log.exception("job failed (reference %s)", reference)
         return Failure.of(
             InternalError(f"internal error (reference {reference}); the server log has details")
         )
+    if answer is not None and not _is_out_of_memory(answer):
+        return answer
+    # What the failed request allocated may sit in reference cycles through its traceback:
+    # free it now, before the next request meets the ceiling too.
+    gc.collect()
+    if answer is not None:
+        return answer
+    limit = f" of {memory_limit_bytes >> 20} MiB" if memory_limit_bytes > 0 else ""
+    log.warning("a request needed more memory than the worker's limit%s", limit)
+    return Failure.of(
+        ResourceLimitError(f"the request needed more memory than the worker's limit{limit}")
+    )
+
+
+def _is_out_of_memory(answer: Reply) -> bool:
+    return isinstance(answer, Failure) and answer.code == ResourceLimitError.code
 
 
 def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_pid: int) -> None:
