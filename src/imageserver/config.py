@@ -196,7 +196,8 @@ class LimitSettings:
     max_string_length: int = 4096
     max_request_bytes: int = 1 << 20
     max_decompressed_bytes: int = 512 << 20
-    """A gz/bz2/xz file inflating to more than this is refused before it is held."""
+    """The most bytes one read may hold decoded: a gz/bz2/xz file inflating to more, a plain
+    file or an HDF5 chunk larger, is refused before it is held."""
     max_frame_pixels: int = 64 << 20
     """Width × height a header may declare (an Eiger2 16M frame is 18 M pixels)."""
 

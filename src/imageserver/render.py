@@ -188,6 +188,6 @@ def render_file(
     spec: ViewSpec, look: Look, *, limits: LimitSettings = DEFAULT_LIMITS
 ) -> tuple[RenderedImage, ReducedView]:
     """Open, reduce and render in one call: the CLI's and batch job's path (no cache)."""
-    frame = open_frame(spec.path, spec.frame)
+    frame = open_frame(spec.path, spec.frame, limits=limits)
     reduced_view = reduce_view(frame, spec, limits=limits)
     return render_jpeg(reduced_view, look, limits=limits), reduced_view

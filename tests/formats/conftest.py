@@ -1,8 +1,11 @@
-"""Eiger fixtures: small generated series (written once) and readers with private caches."""
+"""Eiger fixtures (small generated series written once, readers with private caches) and a
+directory an unprivileged child may enter."""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,12 @@ def eiger_copy(eiger_series: Path, tmp_path: Path) -> Path:
 def eiger_reader() -> EigerReader:
     """A reader with its own caches, so no test sees another test's handles or layouts."""
     return EigerReader(HandleCache(), LayoutCache())
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A fresh directory anyone may enter (pytest's are root-only), removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="formats-access-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)

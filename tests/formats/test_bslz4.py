@@ -26,7 +26,7 @@ def test_a_whole_stream_decodes_after_any_prefix(n_elements: int) -> None:
 def test_a_truncated_stream_is_refused() -> None:
     values = np.arange(5000, dtype=np.uint32)
     data = stream_of(values)
-    with pytest.raises(bslz4.Bslz4Error, match="block past the end"):
+    with pytest.raises(ValueError, match="block past the end"):
         bslz4.decompress(data[:40], 0, (5000,), values.dtype, BLOCK)
 
 
@@ -34,12 +34,12 @@ def test_a_block_length_pointing_outside_is_refused() -> None:
     values = np.arange(5000, dtype=np.uint32)
     data = bytearray(stream_of(values))
     data[0:4] = (1 << 31).to_bytes(4, "big")  # bitshuffle would jump 2 GB ahead
-    with pytest.raises(bslz4.Bslz4Error, match="truncated or corrupt"):
+    with pytest.raises(ValueError, match="truncated or corrupt"):
         bslz4.decompress(bytes(data), 0, (5000,), values.dtype, BLOCK)
 
 
 def test_bytes_left_over_are_refused() -> None:
     values = np.arange(4096, dtype=np.uint16)
     data = stream_of(values) + b"\0\0\0\0"
-    with pytest.raises(bslz4.Bslz4Error, match="do not fill"):
+    with pytest.raises(ValueError, match="do not fill"):
         bslz4.decompress(data, 0, (4096,), values.dtype, BLOCK)

@@ -12,6 +12,7 @@ import fabio.cbfimage
 import numpy as np
 import numpy.typing as npt
 import pytest
+from decoders import count_decoders
 
 from imageserver.errors import CorruptFrameError, FrameRangeError
 from imageserver.formats import open_frame, read_meta
@@ -82,18 +83,28 @@ def test_thau_pixels_equal_fabio_with_negatives_masked(shared_data: Path) -> Non
 def test_bz2_frame_is_decompressed_exactly_once(
     shared_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real = bz2.decompress
+    """Every bzip2 path (BZ2File, bz2.open, bz2.decompress) counts: detection's sniff included.
 
-    def counting(data: bytes) -> bytes:
-        calls.append(len(data))
-        return real(data)
+    A pass of the frame decodes the stored file once: one decoder fed every stored byte once,
+    producing the content once. The metadata needs only the head (the first bzip2 block).
+    """
+    path = shared_data / THAU
+    stored_bytes = path.stat().st_size
+    content_bytes = len(bz2.decompress(path.read_bytes()))
+    count = count_decoders(monkeypatch, "bz2")
 
-    monkeypatch.setattr(bz2, "decompress", counting)
-    read_meta(shared_data / THAU)
-    assert calls == []  # metadata needs only the head
-    open_frame(shared_data / THAU, 1)
-    assert calls == [(shared_data / THAU).stat().st_size]
+    read_meta(path)
+    assert count.made == 1
+    assert 0 < count.fed_bytes < stored_bytes // 2
+    assert 0 < count.produced_bytes < content_bytes // 4
+
+    count.made = count.fed_bytes = count.produced_bytes = 0
+    open_frame(path, 1)
+    assert (count.made, count.fed_bytes, count.produced_bytes) == (
+        1,
+        stored_bytes,
+        content_bytes,
+    )
 
 
 def test_full_imgcif_cbf(shared_data: Path) -> None:
@@ -181,8 +192,32 @@ def test_corrupt_bz2_frame(sample_dir: Path, tmp_path: Path) -> None:
 
 
 def test_frame_number_other_than_one(sample_dir: Path) -> None:
-    with pytest.raises(FrameRangeError, match=r"pilatus6m_0001\.cbf: frame 2 is outside 1\.\.1"):
+    with pytest.raises(
+        FrameRangeError, match=r"pilatus6m_0001\.cbf: frame 2 is outside the file's frames 1–1$"
+    ):
         open_frame(sample_dir / PILATUS_CBF, 2)
+
+
+def test_a_text_header_longer_than_fabios_first_look(tmp_path: Path) -> None:
+    """fabio looks for the binary section in the first 8 kB, then parses the rest as CIF."""
+    data = np.arange(20 * 30, dtype=np.int32).reshape(20, 30) - 5
+    short = tmp_path / "short.cbf"
+    fabio.cbfimage.CbfImage(
+        data=data, header={"_array_data.header_contents": "# Wavelength 1.1 A"}
+    ).write(str(short))
+    content = short.read_bytes()
+    comments = b"".join(b"# comment line %05d %s\r\n" % (n, b"." * 40) for n in range(200))
+    path = tmp_path / "long_0001.cbf"
+    at = content.index(b"data_")
+    path.write_bytes(content[:at] + comments + content[at:])
+    assert path.read_bytes().index(b"--CIF-BINARY-FORMAT-SECTION--") > 8192
+
+    frame = open_frame(path, 1)
+
+    np.testing.assert_array_equal(
+        frame.pixels, np.where(data < 0, MASKED_U32, data).astype(np.uint32)
+    )
+    assert frame.meta.wavelength_a == read_meta(path).wavelength_a == 1.1
 
 
 def test_truncated_binary_section(sample_dir: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""compressed.py: wrappers found by content, unwrapped once, OS and codec errors translated."""
+"""compressed.py: wrappers found by content, decoded once per request, errors translated."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import fabio.cbfimage
+import numpy as np
 import pytest
+from decoders import count_decoders
+from forked import in_child, unprivileged
 
 from imageserver.errors import (
     CorruptFrameError,
@@ -18,9 +22,11 @@ from imageserver.errors import (
     FileMissingError,
     UnknownFormatError,
 )
+from imageserver.formats import frame_files, open_frame, read_meta
 from imageserver.formats.compressed import (
     HEAD_BYTES,
     compression_of,
+    one_pass,
     read_bytes,
     read_head,
     suffix_of,
@@ -110,14 +116,28 @@ def test_a_directory_is_not_an_image(tmp_path: Path) -> None:
         read_head(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses file modes")
-def test_permission_denied(tmp_path: Path) -> None:
-    path = tmp_path / "locked_0001.cbf"
-    path.write_bytes(CONTENT)
-    path.chmod(0)
-    for call in (read_head, read_bytes):
-        with pytest.raises(FileAccessError, match=r"locked_0001\.cbf: permission denied"):
-            call(path)
+def test_permission_denied(open_dir: Path) -> None:
+    """As 'nobody' in a forked child when run as root (as CI is): root ignores file modes."""
+    locked, readable = open_dir / "locked_0001.cbf", open_dir / "open_0001.cbf"
+    for path, mode in ((locked, 0o000), (readable, 0o644)):
+        path.write_bytes(CONTENT)
+        path.chmod(mode)
+
+    def attempt() -> dict[str, object]:
+        seen: dict[str, object] = {"readable": len(read_bytes(readable))}
+        for call in (read_head, read_bytes):
+            try:
+                call(locked)
+                seen[call.__name__] = "read"
+            except FileAccessError as exc:
+                seen[call.__name__] = str(exc)
+        return seen
+
+    seen = in_child(attempt, unprivileged())
+
+    assert seen["readable"] == len(CONTENT)  # the child may read what its mode allows
+    for name in ("read_head", "read_bytes"):
+        assert str(seen[name]).endswith("locked_0001.cbf: permission denied"), seen
 
 
 def test_truncated_gzip_stream(tmp_path: Path) -> None:
@@ -165,3 +185,51 @@ def test_a_fifo_is_refused_at_once_instead_of_blocking(tmp_path: Path) -> None:
     for read in (read_head, read_bytes):
         with pytest.raises(UnknownFormatError, match="not a regular file"):
             read(fifo)
+
+
+# --- one pass per request -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_cbf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("one_pass") / "small.cbf"
+    data = np.arange(60 * 80, dtype=np.int32).reshape(60, 80) % 1000
+    fabio.cbfimage.CbfImage(data=data).write(str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", sorted(WRAP))
+def test_a_request_decodes_a_wrapped_frame_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_cbf: bytes, kind: str
+) -> None:
+    """Detection's head and the reader's content come from one decoder per call."""
+    path = tmp_path / f"frame_0001.cbf.{kind}"
+    path.write_bytes(WRAP[kind](small_cbf))
+    count = count_decoders(monkeypatch, kind)
+
+    assert open_frame(path, 1).pixels.shape == (60, 80)
+    assert count.produced_bytes == len(small_cbf)
+    assert read_meta(path).width_px == 80
+    assert count.produced_bytes == 2 * len(small_cbf)  # the whole text fits the meta's head
+    made = count.made
+    assert frame_files(path, 1) == ()  # a wrapped file is one file: nothing to decode
+    assert count.made == made
+
+
+def test_inside_one_pass_head_and_content_share_one_decoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "frame.cbf.bz2"
+    path.write_bytes(bz2.compress(CONTENT))
+    count = count_decoders(monkeypatch, "bz2")
+
+    with one_pass(path) as source:
+        assert read_head(path).head == CONTENT[:HEAD_BYTES]
+        assert read_head(path, 20_000).head == CONTENT[:20_000]
+        assert read_bytes(path) == CONTENT
+        assert read_head(path, 10).head == CONTENT[:10]
+        assert source.compression == "bz2"
+    assert (count.made, count.fed_bytes) == (1, path.stat().st_size)
+    assert count.produced_bytes == len(CONTENT)
+    assert read_bytes(path) == CONTENT  # outside the block: a pass of its own
+    assert (count.made, count.produced_bytes) == (2, 2 * len(CONTENT))

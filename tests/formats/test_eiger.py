@@ -195,6 +195,27 @@ def test_frame_outside_the_series_names_the_valid_range(
     assert str(eiger_series) in str(info.value)
 
 
+def test_a_frame_in_a_gap_between_data_files_is_not_stored(
+    tmp_path: Path, eiger_reader: EigerReader
+) -> None:
+    stack = np.zeros((2, 8, 16), dtype=np.uint16)
+    write_nexus_data(tmp_path / "g_data_000001.h5", stack, low=1, high=2)
+    write_nexus_data(tmp_path / "g_data_000002.h5", stack, low=5, high=6)
+    master = write_master(
+        tmp_path / "g_master.h5",
+        {"data_000001": "g_data_000001.h5", "data_000002": "g_data_000002.h5"},
+    )
+
+    with pytest.raises(
+        FrameRangeError, match=r"frame 3 is not stored in the file \(stored: 1–2, 5–6\)$"
+    ):
+        eiger_reader.read_frame(master, 3)
+    with pytest.raises(
+        FrameRangeError, match=r"g_master\.h5: frame 7 is outside the file's frames 1–6$"
+    ):
+        eiger_reader.read_frame(master, 7)
+
+
 def test_a_data_file_opened_alone_uses_its_own_frame_numbers(
     eiger_series: Path, eiger_reader: EigerReader
 ) -> None:
@@ -657,7 +678,11 @@ def test_many_threads_read_while_handles_are_evicted(eiger_series: Path) -> None
 
 
 def test_real_9m_master_metadata(shared_data: Path, eiger_reader: EigerReader) -> None:
-    """A DCU 1.6.4 file: not exactly "1.6.0", so the fork's rule gives it the 1.8 table."""
+    """A DCU 1.6.4 file: not exactly "1.6.0", so the fork's rule gives it the 1.8 table.
+
+    It has no saturation_value (a 1.8 name); its countrate_correction_count_cutoff says the
+    same, so overloads are flagged from 12440 counts up.
+    """
     meta = eiger_reader.read_meta(shared_data / "eiger9m_master.h5")
 
     assert (meta.width_px, meta.height_px) == (3110, 3269)
@@ -668,7 +693,7 @@ def test_real_9m_master_metadata(shared_data: Path, eiger_reader: EigerReader) -
     assert meta.wavelength_a == pytest.approx(0.9801122, rel=1e-7)
     assert meta.distance_m == pytest.approx(0.134255, rel=1e-7)
     assert meta.pixel_size_x_m == pytest.approx(7.5e-5, rel=1e-7)
-    assert meta.saturation_value is None
+    assert meta.saturation_value == 12440  # countrate_correction_count_cutoff: DCU < 1.8
     native = meta.native
     assert native["software_version"] == "1.6.4"
     assert native["description"] == "Dectris Eiger 9M"

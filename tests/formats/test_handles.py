@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,12 +49,42 @@ def small_files(tmp_path: Path) -> list[Path]:
 def test_file_key_follows_content_and_time(small_files: list[Path]) -> None:
     path = small_files[0]
     key = file_key(path)
-    assert key == FileKey(os.path.realpath(path), path.stat().st_size, path.stat().st_mtime_ns)
+    info = path.stat()
+    assert key == FileKey(os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
     os.utime(path, ns=(1, key.mtime_ns + 1))
     assert file_key(path) != key
     with pytest.raises(FileNotFoundError):
         file_key(path.with_name("absent.h5"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda path: path.chmod(0o600), id="chmod"),
+        pytest.param(lambda path: os.chown(path, -1, os.getgid()), id="chgrp"),
+    ],
+)
+def test_an_access_change_makes_a_new_key_and_a_new_handle(
+    small_files: list[Path], change: Callable[[Path], None]
+) -> None:
+    """chmod and chgrp leave size and mtime alone; only the ctime says access may differ."""
+    opener = RecordingOpener()
+    cache = HandleCache(opener=opener)
+    path = small_files[2]
+    with cache.open(path) as before:
+        assert int(before["value"][()]) == 2
+    key = file_key(path)
+    time.sleep(0.01)  # a ctime tick apart, on any filesystem clock
+
+    change(path)
+
+    after_key = file_key(path)
+    assert (after_key.size_bytes, after_key.mtime_ns) == (key.size_bytes, key.mtime_ns)
+    assert after_key != key
+    with cache.open(path) as after:
+        assert after is not before and int(after["value"][()]) == 2
+    assert not before.id.valid and len(opener.handles) == 2 and len(cache) == 1
 
 
 def test_a_file_is_opened_once_and_reused(small_files: list[Path]) -> None:

@@ -97,7 +97,9 @@ def test_header_is_read_in_the_files_byte_order(mccd: Path) -> None:
 
 
 def test_frame_number_other_than_one(mccd: Path) -> None:
-    with pytest.raises(FrameRangeError, match=r"lys_0003\.mccd: frame 3 is outside 1\.\.1"):
+    with pytest.raises(
+        FrameRangeError, match=r"lys_0003\.mccd: frame 3 is outside the file's frames 1–1$"
+    ):
         open_frame(mccd, 3)
 
 

@@ -99,3 +99,16 @@ def test_layout_of_a_multi_strip_big_endian_file(tmp_path: Path) -> None:
     assert layout.byte_order == ">" and (layout.width_px, layout.height_px) == (64, 64)
     assert layout.strip_offsets == (4096, 6144, 8192, 10240)
     assert layout.strip_byte_counts == (2048,) * 4
+
+
+def test_a_tag_claiming_millions_of_values_is_refused_unread(tmp_path: Path) -> None:
+    """A crafted count must not turn into a tuple of millions of Python ints."""
+    content = bytearray(write_monitor_tiff(tmp_path / "source.tif", 64, 32, 16).read_bytes())
+    (count,) = struct.unpack_from("<H", content, 8)
+    for entry in range(10, 10 + 12 * count, 12):
+        if struct.unpack_from("<H", content, entry)[0] == 273:  # StripOffsets
+            struct.pack_into("<HHI", content, entry, 273, 4, 2_000_000)
+    path = tmp_path / "many.tif"
+    path.write_bytes(bytes(content))
+    with pytest.raises(CorruptFrameError, match=r"many\.tif: TIFF tag 273 claims 2000000 values"):
+        read_meta(path)

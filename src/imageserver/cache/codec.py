@@ -139,7 +139,7 @@ def _compress(array: np.ndarray) -> np.ndarray:
 def _decompress(stream: memoryview, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     try:
         return bslz4.decompress(stream, 0, shape, dtype, _block_elements(dtype))
-    except bslz4.Bslz4Error as exc:
+    except ValueError as exc:
         raise _InvalidEntryError(f"compressed array {exc}") from None
 
 

@@ -5,16 +5,22 @@ unwraps gz/bz2/xz and reads the first bytes once, every reader in ``READERS`` sn
 same bytes, and exactly one may claim the file. The extension only breaks ties inside a
 reader's sniff (``.mccd`` for a MAR CCD TIFF whose directory is not in the head). Adding a
 format: one module with a ``Reader``, one line in ``READERS``, one test with a sample.
+
+The calls here are the boundary of the package: each decodes a wrapped file once
+(``compressed.one_pass``), hands ``limits`` to the reader, and lets only the project's
+errors out (``boundary.translated``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import UnknownFormatError
 from imageserver.formats.base import Frame, FrameMeta, Reader
+from imageserver.formats.boundary import translated
 from imageserver.formats.cbf import CbfReader
-from imageserver.formats.compressed import Head, read_head
+from imageserver.formats.compressed import Head, one_pass, read_head
 from imageserver.formats.eiger import EigerReader
 from imageserver.formats.marccd import MarCCDReader
 from imageserver.formats.smv import SmvReader
@@ -44,28 +50,40 @@ def claimants(head: Head) -> list[Reader]:
     return [reader for reader in READERS if reader.sniff(head.head, head.suffix)]
 
 
-def detect_reader(path: Path) -> Reader:
+def detect_reader(path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> Reader:
     """The reader that claims ``path``; UnknownFormatError saying what the file starts with."""
-    head = read_head(path)
+    with translated(path):
+        head = read_head(path, limits=limits)
     found = claimants(head)
     if not found:
         raise UnknownFormatError(f"{path}: unknown format: {describe_head(head)}")
     return found[0]
 
 
-def read_meta(path: Path) -> FrameMeta:
+def read_meta(path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> FrameMeta:
     """What the file says about its detector and frames, without reading pixels if it can."""
-    return detect_reader(path).read_meta(path)
+    with translated(path), one_pass(path, limits):
+        return detect_reader(path, limits=limits).read_meta(path, limits=limits)
 
 
-def open_frame(path: Path, number: int) -> Frame:
+def open_frame(path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS) -> Frame:
     """Frame ``number`` (1-based) of ``path`` at full depth, with its mask and metadata."""
-    return detect_reader(path).read_frame(path, number)
+    with translated(path), one_pass(path, limits):
+        return detect_reader(path, limits=limits).read_frame(path, number, limits=limits)
 
 
-def frame_files(path: Path, number: int) -> tuple[str, ...]:
-    """Files besides ``path`` that frame ``number`` is read from (`Reader.frame_files`)."""
-    return detect_reader(path).frame_files(path, number)
+def frame_files(
+    path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+) -> tuple[str, ...]:
+    """Files besides ``path`` that frame ``number`` is read from (`Reader.frame_files`).
+
+    A gz/bz2/xz file holds everything of its frame, so it is not decoded to find its reader
+    (that would decode its head once more than the frame read itself does).
+    """
+    with translated(path), one_pass(path, limits) as source:
+        if source.compression is not None:
+            return ()
+        return detect_reader(path, limits=limits).frame_files(path, number, limits=limits)
 
 
 def describe_head(head: Head) -> str:

@@ -16,13 +16,17 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from imageserver.errors import FrameRangeError
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
+from imageserver.errors import CorruptFrameError, FrameRangeError, FrameTooLargeError
 
 PixelArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 MaskArray = npt.NDArray[np.uint8]
 
 HC_EV_ANGSTROM = 12398.4193
 """h·c in eV·Å: photon energy (eV) = HC_EV_ANGSTROM / wavelength (Å)."""
+
+MAX_SIDE_PX = 1 << 20
+"""No detector is a million pixels wide: a longer side is a damaged header, not a big image."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,9 @@ class Frame:
 class Reader(Protocol):
     """A detector format. ``sniff`` decides from the first bytes only and never raises.
 
-    At most one reader in ``formats.READERS`` may claim a given file.
+    At most one reader in ``formats.READERS`` may claim a given file. ``limits`` bound what a
+    file may make the reader hold (decompressed bytes, frame pixels); a reader checks them
+    before it allocates.
     """
 
     format_name: ClassVar[str]
@@ -90,16 +96,45 @@ class Reader(Protocol):
     @classmethod
     def sniff(cls, head: bytes, suffix: str) -> bool: ...
 
-    def read_meta(self, path: Path) -> FrameMeta: ...
+    def read_meta(self, path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> FrameMeta: ...
 
-    def read_frame(self, path: Path, number: int) -> Frame: ...
+    def read_frame(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> Frame: ...
 
-    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+    def frame_files(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> tuple[str, ...]:
         """Files other than ``path`` that frame ``number``'s pixels come from (an Eiger
         master's data file), so cache keys can include them; () for one-file formats."""
         ...
 
 
-def frame_range_error(path: str | Path, number: int, first: int, last: int) -> FrameRangeError:
-    """The one wording of an out-of-range frame, for every reader and request type."""
-    return FrameRangeError(f"{path}: frame {number} is outside the file's frames {first}–{last}")
+def frame_range_error(
+    path_or_fn: Path | str, number: int, first: int, last: int
+) -> FrameRangeError:
+    """The one wording of a frame number outside a file's frames, for readers and service."""
+    return FrameRangeError(
+        f"{path_or_fn}: frame {number} is outside the file's frames {first}–{last}"
+    )
+
+
+def check_frame_size(
+    path: Path | str, width_px: int, height_px: int, limits: LimitSettings
+) -> None:
+    """Refuse the size a header declares before anything is allocated for it.
+
+    A side that is not positive or longer than MAX_SIDE_PX is a damaged header
+    (CorruptFrameError); a plausible size beyond ``limits.max_frame_pixels`` is
+    FrameTooLargeError.
+    """
+    if not (0 < width_px <= MAX_SIDE_PX and 0 < height_px <= MAX_SIDE_PX):
+        raise CorruptFrameError(
+            f"{path}: the header declares an impossible frame size of "
+            f"{width_px} x {height_px} pixels"
+        )
+    if width_px * height_px > limits.max_frame_pixels:
+        raise FrameTooLargeError(
+            f"{path}: the frame is {width_px} x {height_px} = {width_px * height_px} pixels, "
+            f"more than the limit of {limits.max_frame_pixels} (limits.max_frame_pixels)"
+        )

@@ -21,22 +21,18 @@ BLOCKED_MULT = 8
 """Block sizes are multiples of 8 elements; a shorter tail is stored uncompressed."""
 
 
-class Bslz4Error(ValueError):
-    """Why a stream was refused; callers turn it into their own error, with context."""
-
-
 def check_blocks(
     buffer: bytes | memoryview, start: int, n_elements: int, itemsize: int, block_elements: int
 ) -> None:
-    """Walk the block lengths from ``start``; Bslz4Error unless they fill the buffer exactly."""
+    """Walk the block lengths from ``start``; ValueError unless they fill the buffer exactly."""
     n_blocks, rest = divmod(n_elements, block_elements)
     n_blocks += rest >= BLOCKED_MULT
     end = len(buffer) - (n_elements % BLOCKED_MULT) * itemsize
     position = _walk_blocks(np.frombuffer(buffer, np.uint8), start, n_blocks, end)
     if position < 0:
-        raise Bslz4Error("truncated or corrupt (block past the end)")
+        raise ValueError("truncated or corrupt (block past the end)")
     if position != end:
-        raise Bslz4Error("corrupt (blocks do not fill the stream)")
+        raise ValueError("corrupt (blocks do not fill the stream)")
 
 
 @njit_cached(
@@ -68,10 +64,11 @@ def decompress(
     dtype: np.dtype,
     block_elements: int,
 ) -> np.ndarray:
-    """The stream from ``start`` decoded to ``shape``, after `check_blocks`; else Bslz4Error."""
+    """The stream from ``start`` decoded to ``shape``, after `check_blocks`; else ValueError
+    saying why (callers turn it into their own error, with context)."""
     check_blocks(buffer, start, math.prod(shape), dtype.itemsize, block_elements)
     stream = np.frombuffer(buffer, dtype=np.uint8, offset=start)
     try:
         return np.asarray(bitshuffle.decompress_lz4(stream, shape, dtype, block_elements))
     except (RuntimeError, ValueError) as exc:
-        raise Bslz4Error(f"corrupt (bitshuffle: {exc})") from None
+        raise ValueError(f"corrupt (bitshuffle: {exc})") from None

@@ -1,9 +1,12 @@
-"""CBF (Pilatus miniCBF and full imgCIF), byte_offset int32, decoded by fabio from bytes.
+"""CBF (Pilatus miniCBF and full imgCIF), byte_offset int32, decoded with fabio from bytes.
 
 The content is unwrapped once by ``compressed.py`` and handed to fabio as a BytesIO, so a
 ``.cbf.bz2`` frame costs one bzip2 pass plus ~10 ms of decoding. Before fabio sees the bytes,
 the MIME header of the binary section is checked here: fabio would loop forever on a file cut
-before the binary data starts, and decodes a short binary section without complaint.
+before the binary data starts, and decodes a short binary section without complaint. fabio
+parses the CIF text; the pixels are decoded here with fabio's byte_offset decoder, to the size
+this header check found within ``limits`` (fabio would allocate whatever size its own parse of
+the header gives).
 
 Pixels: int32 becomes uint32 with every negative value (−1 module gaps, −2 bad pixels) set
 to 0xFFFFFFFF, the masked marker of ``Frame``; ``mask`` is None because the marker carries
@@ -28,9 +31,17 @@ from typing import Any, ClassVar
 import fabio.cbfimage
 import numpy as np
 import numpy.typing as npt
+from fabio.compression import decByteOffset
 
-from imageserver.errors import CorruptFrameError, FrameRangeError
-from imageserver.formats.base import HC_EV_ANGSTROM, Frame, FrameMeta
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
+from imageserver.errors import CorruptFrameError
+from imageserver.formats.base import (
+    HC_EV_ANGSTROM,
+    Frame,
+    FrameMeta,
+    check_frame_size,
+    frame_range_error,
+)
 from imageserver.formats.compressed import read_bytes, read_head
 
 CBF_MAGIC = b"###CBF"
@@ -40,6 +51,12 @@ _META_HEAD_BYTES = 1 << 16
 _BINARY_SECTION = b"--CIF-BINARY-FORMAT-SECTION--"
 _BINARY_START = b"\x0c\x1a\x04\xd5"
 _INT32 = "signed 32-bit integer"
+_SIZE_KEYS = (
+    "X-Binary-Size",
+    "X-Binary-Size-Fastest-Dimension",
+    "X-Binary-Size-Second-Dimension",
+)
+_COUNT = re.compile(r"[0-9]{1,18}")
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _PILATUS_LINES: dict[str, re.Pattern[str]] = {
     name: re.compile(pattern, re.MULTILINE)
@@ -73,26 +90,30 @@ class CbfReader:
     def sniff(cls, head: bytes, suffix: str) -> bool:
         return head.startswith(CBF_MAGIC)
 
-    def read_meta(self, path: Path) -> FrameMeta:
-        text = read_head(path, _META_HEAD_BYTES).head
+    def read_meta(self, path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> FrameMeta:
+        text = read_head(path, _META_HEAD_BYTES, limits=limits).head
         starts_at = text.find(_BINARY_SECTION)
         if starts_at < 0 or text.find(_BINARY_START, starts_at) < 0:
-            text = read_bytes(path)  # a text header longer than the head, or a broken file
-        section = _binary_section(text, path)
-        image = _fabio_image(text, path, header_only=True)
+            text = read_bytes(path, limits=limits)  # a longer text header, or a broken file
+        section = _binary_section(text, path, limits)
+        image = _fabio_header(text[: section.data_offset], path)
         return _cbf_meta(path, image.header, section)
 
-    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+    def frame_files(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> tuple[str, ...]:
         return ()  # one file holds everything
 
-    def read_frame(self, path: Path, number: int) -> Frame:
+    def read_frame(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> Frame:
         if number != 1:
-            raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")
-        content = read_bytes(path)
-        section = _binary_section(content, path)
+            raise frame_range_error(path, number, 1, 1)
+        content = read_bytes(path, limits=limits)
+        section = _binary_section(content, path, limits)
         _check_binary(content, section, path)
-        image = _fabio_image(content, path, header_only=False)
-        pixels = _unsigned_with_marker(image.data)
+        image = _fabio_header(content[: section.data_offset], path)
+        pixels = _unsigned_with_marker(_decode_pixels(content, section, path))
         meta = _cbf_meta(path, image.header, section)
         return Frame(pixels=pixels, mask=None, meta=meta, number=number, path=path)
 
@@ -113,8 +134,9 @@ class _BinarySection:
         return int(self.fields["X-Binary-Size-Second-Dimension"])
 
 
-def _binary_section(content: bytes, path: Path) -> _BinarySection:
-    """The binary section's MIME header, checked enough that fabio cannot hang on it."""
+def _binary_section(content: bytes, path: Path, limits: LimitSettings) -> _BinarySection:
+    """The binary section's MIME header, checked enough that fabio cannot hang on it and the
+    frame size within ``limits``."""
     section = content.find(_BINARY_SECTION)
     if section < 0:
         raise CorruptFrameError(f"{path}: CBF has no binary section (truncated or not an image)")
@@ -128,14 +150,12 @@ def _binary_section(content: bytes, path: Path) -> _BinarySection:
             fields[key.strip()] = value.strip().strip('"')
         elif "conversions=" in line:
             fields["conversions"] = line.split("=", 1)[1].strip().strip('"')
-    for key in (
-        "X-Binary-Size",
-        "X-Binary-Size-Fastest-Dimension",
-        "X-Binary-Size-Second-Dimension",
-    ):
-        if not fields.get(key, "").isdigit():
+    for key in _SIZE_KEYS:
+        if _COUNT.fullmatch(fields.get(key, "")) is None:
             raise CorruptFrameError(f"{path}: CBF binary header lacks a valid {key}")
-    return _BinarySection(fields, start + len(_BINARY_START))
+    found = _BinarySection(fields, start + len(_BINARY_START))
+    check_frame_size(path, found.width_px, found.height_px, limits)
+    return found
 
 
 def _check_binary(content: bytes, section: _BinarySection, path: Path) -> None:
@@ -151,20 +171,36 @@ def _check_binary(content: bytes, section: _BinarySection, path: Path) -> None:
             f"{path}: CBF element type {header['X-Binary-Element-Type']!r} is not supported "
             f"({_INT32} only)"
         )
+    order = header.get("X-Binary-Element-Byte-Order", "LITTLE_ENDIAN")
+    if order != "LITTLE_ENDIAN":
+        raise CorruptFrameError(
+            f"{path}: CBF byte order {order!r} is not supported (LITTLE_ENDIAN only)"
+        )
     have = len(content) - section.data_offset
     need = int(header["X-Binary-Size"])
     if have < need:
         raise CorruptFrameError(f"{path}: truncated CBF: {have} of {need} bytes of binary data")
 
 
-def _fabio_image(content: bytes, path: Path, *, header_only: bool) -> fabio.cbfimage.CbfImage:
-    """fabio's parse of the CIF text (and the pixels unless ``header_only``)."""
+def _fabio_header(text: bytes, path: Path) -> fabio.cbfimage.CbfImage:
+    """fabio's parse of the CIF text, given up to the binary data (which it would copy)."""
     image = fabio.cbfimage.CbfImage()
     try:
-        image.read(io.BytesIO(content), check_MD5=False, only_raw=header_only)
+        image.read(io.BytesIO(text), check_MD5=False, only_raw=True)
     except (OSError, ValueError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
         raise CorruptFrameError(f"{path}: fabio cannot decode the CBF ({exc})") from exc
     return image
+
+
+def _decode_pixels(content: bytes, section: _BinarySection, path: Path) -> npt.NDArray[np.int32]:
+    """The byte_offset data as exactly the checked number of int32 pixels, else corrupt."""
+    start = section.data_offset
+    stream = content[start : start + int(section.fields["X-Binary-Size"])]
+    count = section.width_px * section.height_px
+    values = np.asarray(decByteOffset(stream, size=count, dtype="int32"), dtype=np.int32)
+    if values.size != count:
+        raise CorruptFrameError(f"{path}: CBF binary data holds {values.size} of {count} pixels")
+    return values.reshape(section.height_px, section.width_px)
 
 
 def _unsigned_with_marker(signed: npt.NDArray[np.int32]) -> npt.NDArray[np.uint32]:

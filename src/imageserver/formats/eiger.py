@@ -9,6 +9,7 @@ global lock and decoded outside it, so threads decode in parallel.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -22,16 +23,25 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters with 
 import numpy as np
 import numpy.typing as npt
 
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import (
     CorruptFrameError,
     FileAccessError,
     FileMissingError,
     FrameError,
     FrameRangeError,
+    FrameTooLargeError,
     MissingMetadataError,
 )
 from imageserver.formats import bslz4
-from imageserver.formats.base import Frame, FrameMeta, MaskArray, PixelArray
+from imageserver.formats.base import (
+    Frame,
+    FrameMeta,
+    MaskArray,
+    PixelArray,
+    check_frame_size,
+    frame_range_error,
+)
 from imageserver.formats.eiger_tables import (
     SPECIFIC,
     read_header_geometry,
@@ -121,16 +131,19 @@ class EigerReader:
     def sniff(cls, head: bytes, suffix: str) -> bool:
         return head.startswith(HDF5_SIGNATURE)
 
-    def read_meta(self, path: Path) -> FrameMeta:
-        return self._layout(path).meta
+    def read_meta(self, path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> FrameMeta:
+        return self._layout(path, limits).meta
 
-    def read_frame(self, path: Path, number: int) -> Frame:
-        layout = self._layout(path)
+    def read_frame(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> Frame:
+        layout = self._layout(path, limits)
         found = _find_entry(layout, number, path)
         data_key = _unchanged_key(found)
         if data_key is None:
-            # The data file appeared, vanished or was rewritten since the walk: walk again.
-            layout = self._layout(path, stale=layout)
+            # The data file appeared, vanished, was rewritten or had its access changed since
+            # the walk: walk again.
+            layout = self._layout(path, limits, stale=layout)
             found = _find_entry(layout, number, path)
             if isinstance(found, _Unavailable):
                 raise type(found.error)(
@@ -142,21 +155,31 @@ class EigerReader:
         pixels = _to_pixels(stored, layout.pixel_dtype)
         return Frame(pixels=pixels, mask=layout.mask, meta=layout.meta, number=number, path=path)
 
-    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+    def frame_files(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> tuple[str, ...]:
         """The linked data file that holds (or should hold) frame ``number``, if any."""
-        layout = self._layout(path)
+        layout = self._layout(path, limits)
         found = _find_entry(layout, number, path)
         return () if found.path == layout.key.path else (found.path,)
 
-    def _layout(self, path: Path, stale: _Layout | None = None) -> _Layout:
+    def _layout(self, path: Path, limits: LimitSettings, stale: _Layout | None = None) -> _Layout:
+        """The series' layout, parsed once per identity of the master (a stat per call)."""
         key = _stat(path, path)
         if stale is not None:
             self._layouts.discard(key)
-        return self._layouts.get_or_build(key, lambda: self._build_layout(path, key, stale))
+        layout = self._layouts.get_or_build(
+            key, lambda: self._build_layout(path, key, limits, stale)
+        )
+        # Built under these limits or others: a cached layout is held to the caller's.
+        check_frame_size(path, layout.meta.width_px, layout.meta.height_px, limits)
+        return layout
 
-    def _build_layout(self, path: Path, key: FileKey, stale: _Layout | None) -> _Layout:
+    def _build_layout(
+        self, path: Path, key: FileKey, limits: LimitSettings, stale: _Layout | None
+    ) -> _Layout:
         with _translated(path, "read the file's structure"), self._handles.open(path, key) as f:
-            entries = self._walk_data(f, key)
+            entries = self._walk_data(f, key, limits)
             segments = [entry for entry in entries if isinstance(entry, _Segment)]
             native = read_native_fields(f)
             if segments:
@@ -164,6 +187,7 @@ class EigerReader:
                 pixel_dtype = _pixel_dtype(segments[0].stored_dtype, segments[0].path)
             else:
                 height_px, width_px, pixel_dtype = _fallback_size(native, path, entries)
+            check_frame_size(path, width_px, height_px, limits)  # before the mask is read
             _check_detector_size(native, width_px, height_px, path)
             first_frame, last_frame = _frame_range(segments, native, len(segments) < len(entries))
             native.update(
@@ -185,7 +209,9 @@ class EigerReader:
                 mask = _read_mask(f.get(MASK_PATH), (height_px, width_px), path)
         return _Layout(key, meta, tuple(entries), mask, pixel_dtype)
 
-    def _walk_data(self, f: h5py.File, key: FileKey) -> list[_Segment | _Unavailable]:
+    def _walk_data(
+        self, f: h5py.File, key: FileKey, limits: LimitSettings
+    ) -> list[_Segment | _Unavailable]:
         """Image stacks under /entry/data in name order, numbered across files."""
         group = f.get(DATA_GROUP)
         if not isinstance(group, h5py.Group):
@@ -197,7 +223,7 @@ class EigerReader:
             if isinstance(link, h5py.ExternalLink):
                 data_path = os.path.join(os.path.dirname(key.path), link.filename)
                 try:
-                    segment = self._linked_segment(data_path, link.path, next_first)
+                    segment = self._linked_segment(data_path, link.path, next_first, limits)
                 except FrameError as exc:
                     entries.append(_Unavailable(data_path, exc))
                     continue
@@ -205,13 +231,15 @@ class EigerReader:
                 item = group.get(name)
                 if not isinstance(item, h5py.Dataset) or item.ndim != 3:
                     continue  # axes, soft links to nowhere: not frames
-                segment = _segment(item, key.path, key, next_first)
+                segment = _segment(item, key.path, key, next_first, limits)
             entries.append(segment)
             next_first = segment.last + 1
         _check_segments_agree([entry for entry in entries if isinstance(entry, _Segment)])
         return entries
 
-    def _linked_segment(self, data_path: str, dataset_name: str, next_first: int) -> _Segment:
+    def _linked_segment(
+        self, data_path: str, dataset_name: str, next_first: int, limits: LimitSettings
+    ) -> _Segment:
         try:
             data_key = file_key(data_path)
         except FileNotFoundError as exc:
@@ -225,7 +253,7 @@ class EigerReader:
             item = data_file.get(dataset_name)
             if not isinstance(item, h5py.Dataset) or item.ndim != 3:
                 raise CorruptFrameError(f"{data_path}: no 3-D image stack at {dataset_name}")
-            return _segment(item, data_path, data_key, next_first)
+            return _segment(item, data_path, data_key, next_first, limits)
 
     def _read_stored(self, segment: _Segment, data_key: FileKey, number: int) -> np.ndarray:
         """Frame ``number`` in its stored dtype; decoding runs outside h5py's lock."""
@@ -245,8 +273,14 @@ class EigerReader:
             return dataset[index]
 
 
-def _segment(dataset: h5py.Dataset, path: str, key: FileKey, next_first: int) -> _Segment:
-    """Frame numbers from image_nr_low/high, else continuing the previous dataset's."""
+def _segment(
+    dataset: h5py.Dataset, path: str, key: FileKey, next_first: int, limits: LimitSettings
+) -> _Segment:
+    """Frame numbers from image_nr_low/high, else continuing the previous dataset's.
+
+    A chunk is decoded whole (by bitshuffle here, by HDF5 otherwise), so its size is held to
+    ``limits.max_decompressed_bytes`` before any is read.
+    """
     low = _int_attr(dataset, "image_nr_low")
     high = _int_attr(dataset, "image_nr_high")
     first = low if low is not None else next_first
@@ -255,6 +289,7 @@ def _segment(dataset: h5py.Dataset, path: str, key: FileKey, next_first: int) ->
         raise CorruptFrameError(
             f"{path}: image_nr_high {last} is below image_nr_low {first} in {dataset.name}"
         )
+    _check_chunk_size(dataset, path, limits)
     return _Segment(
         path=path,
         key=key,
@@ -284,12 +319,10 @@ def _find_entry(layout: _Layout, number: int, path: Path) -> _Segment | _Unavail
         return suspect
     if not layout.entries:
         raise CorruptFrameError(f"{path}: no image data under {DATA_GROUP}")
+    if not meta.first_frame <= number <= meta.last_frame:
+        raise frame_range_error(path, number, meta.first_frame, meta.last_frame)
     ranges = ", ".join(f"{s.first}–{s.last}" for s in layout.segments)
-    raise FrameRangeError(
-        f"{path}: frame {number} is outside the file's frames "
-        f"{meta.first_frame}–{meta.last_frame}"
-        + (f" (stored: {ranges})" if len(layout.segments) > 1 else "")
-    )
+    raise FrameRangeError(f"{path}: frame {number} is not stored in the file (stored: {ranges})")
 
 
 def _unchanged_key(found: _Segment | _Unavailable) -> FileKey | None:
@@ -358,7 +391,7 @@ def _decode_chunk(
     block_elements = _chunk_block_elements(chunk, n_elements, dtype.itemsize, where)
     try:
         return bslz4.decompress(chunk, _CHUNK_HEADER.size, chunks, dtype, block_elements)
-    except bslz4.Bslz4Error as exc:
+    except ValueError as exc:
         raise CorruptFrameError(f"{where} is {exc}") from None
 
 
@@ -379,6 +412,18 @@ def _chunk_block_elements(chunk: bytes, n_elements: int, itemsize: int, where: s
             f"{block_bytes}; expected {n_elements * itemsize} bytes)"
         )
     return block_elements
+
+
+def _check_chunk_size(dataset: h5py.Dataset, path: str, limits: LimitSettings) -> None:
+    chunks = dataset.chunks
+    if chunks is None:
+        return
+    chunk_bytes = math.prod(chunks) * dataset.dtype.itemsize
+    if chunk_bytes > limits.max_decompressed_bytes:
+        raise FrameTooLargeError(
+            f"{path}: {dataset.name} is stored in chunks of {chunk_bytes} bytes, more than the "
+            f"limit of {limits.max_decompressed_bytes} (limits.max_decompressed_bytes)"
+        )
 
 
 def _is_bitshuffle_lz4(dataset: h5py.Dataset) -> bool:
@@ -503,5 +548,5 @@ def _translated(path: Path | str, doing: str) -> Iterator[None]:
         raise FileMissingError(f"{path}: file does not exist") from exc
     except PermissionError as exc:
         raise FileAccessError(f"{path}: permission denied") from exc
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CorruptFrameError(f"{path}: cannot {doing}; not a valid HDF5 file? ({exc})") from exc

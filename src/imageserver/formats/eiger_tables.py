@@ -26,6 +26,8 @@ SAMPLE_GONIOMETER = "/entry/sample/goniometer"
 DETECTOR_GONIOMETER = f"{DETECTOR}/goniometer"
 SOFTWARE_VERSION_PATH = f"{SPECIFIC}/software_version"
 WAVELENGTH_PATH = "/entry/instrument/beam/incident_wavelength"
+COUNT_CUTOFF_PATH = f"{SPECIFIC}/countrate_correction_count_cutoff"
+"""Where DCU firmware before 1.8 says what 1.8 calls saturation_value."""
 
 _COMMON: dict[str, str] = {
     **{
@@ -217,6 +219,8 @@ def read_header_geometry(f: h5py.File) -> HeaderGeometry:
         wavelength_a = HC_EV_ANGSTROM / photon_energy_ev
     distance_m = _length_m(f, f"{DETECTOR}/detector_distance")
     saturation = _number(f, f"{DETECTOR}/saturation_value")
+    if saturation is None:  # DCU before 1.8: counts from the cutoff up are overloads
+        saturation = _number(f, COUNT_CUTOFF_PATH)
     return HeaderGeometry(
         beam_center_x_px=_number(f, f"{DETECTOR}/beam_center_x"),
         beam_center_y_px=_number(f, f"{DETECTOR}/beam_center_y"),

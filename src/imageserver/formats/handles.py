@@ -2,8 +2,11 @@
 
 Opening an HDF5 file costs far more than reading one chunk, and the legacy server reopened the
 master and every data file for each frame (legacy bug P1). A file is identified by its resolved
-path, size and modification time, so a file rewritten in place (a new series under the same
-name) gets a fresh handle and a fresh layout instead of stale bytes.
+path, size, modification time and status-change time, taken by a stat on every request: a file
+rewritten in place (a new series under the same name) gets a fresh handle and a fresh layout
+instead of stale bytes, and a file whose mode, owner or group changed (chmod, chown, chgrp all
+change the ctime) is opened again, so the OS checks this process's access again instead of an
+open handle serving a user who may no longer read it.
 """
 
 from __future__ import annotations
@@ -27,18 +30,19 @@ V = TypeVar("V")
 
 
 class FileKey(NamedTuple):
-    """What makes two opens "the same file": path, size and modification time."""
+    """What makes two opens "the same file": path, size, modification and status-change time."""
 
     path: str
     size_bytes: int
     mtime_ns: int
+    ctime_ns: int
 
 
 def file_key(path: Path | str) -> FileKey:
     """Stat ``path``; raises the OS error (FileNotFoundError, PermissionError) as it comes."""
     resolved = os.path.realpath(path)
     stat = os.stat(resolved)
-    return FileKey(resolved, stat.st_size, stat.st_mtime_ns)
+    return FileKey(resolved, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def open_h5_readonly(path: str) -> h5py.File:
@@ -113,7 +117,8 @@ class HandleCache:
         # place keeps its inode: a handle on the old contents must close first, or the new
         # open would share its outdated metadata (chunk offsets into the old bytes). One still
         # in use by another thread closes when that read ends; only a read started then sees
-        # the old structure (and the chunk checks refuse what does not fit).
+        # the old structure (and the chunk checks refuse what does not fit). A file whose
+        # access changed is opened afresh the same way, and the OS decides again.
         for stale in outdated:
             stale.file.close()
         # Open outside the lock: a slow open must not stall threads reading cached files.
@@ -146,7 +151,7 @@ class HandleCache:
         """Add ``handle``; return the evicted handles that nobody uses (to close unlocked)."""
         evicted: list[_Handle] = []
         old_key = self._key_by_path.get(key.path)
-        if old_key is not None and old_key != key:  # the file was rewritten
+        if old_key is not None and old_key != key:  # rewritten, or its access changed
             evicted.append(self._handles.pop(old_key))
         self._handles[key] = handle
         self._key_by_path[key.path] = key

@@ -16,8 +16,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from imageserver.errors import CorruptFrameError, FrameRangeError, MissingMetadataError
-from imageserver.formats.base import HC_EV_ANGSTROM, Frame, FrameMeta
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
+from imageserver.errors import CorruptFrameError, MissingMetadataError
+from imageserver.formats.base import (
+    HC_EV_ANGSTROM,
+    Frame,
+    FrameMeta,
+    check_frame_size,
+    frame_range_error,
+)
 from imageserver.formats.compressed import read_bytes, read_head
 from imageserver.formats.tiff import (
     TiffLayout,
@@ -80,19 +87,23 @@ class MarCCDReader:
     def sniff(cls, head: bytes, suffix: str) -> bool:
         return is_marccd_head(head, suffix)
 
-    def read_meta(self, path: Path) -> FrameMeta:
-        head = read_head(path).head
-        return _marccd_meta(path, head, layout_of(path, head))
+    def read_meta(self, path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> FrameMeta:
+        head = read_head(path, limits=limits).head
+        return _marccd_meta(path, head, layout_of(path, head, limits), limits)
 
-    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+    def frame_files(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> tuple[str, ...]:
         return ()  # one file holds everything
 
-    def read_frame(self, path: Path, number: int) -> Frame:
+    def read_frame(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> Frame:
         if number != 1:
-            raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")
-        content = read_bytes(path)
+            raise frame_range_error(path, number, 1, 1)
+        content = read_bytes(path, limits=limits)
         layout = parse_tiff_layout(content, path)
-        meta = _marccd_meta(path, content, layout)
+        meta = _marccd_meta(path, content, layout, limits)
         pixels = read_tiff_pixels(content, layout, meta.bit_depth, path)
         if pixels.dtype == np.uint16:
             # MAR CCD has no gap marker: its 65535 is an overload, which must stay a value
@@ -118,7 +129,8 @@ def read_marccd_header(data: bytes, byte_order: str, path: Path) -> dict[str, An
     return fields
 
 
-def _marccd_meta(path: Path, data: bytes, layout: TiffLayout) -> FrameMeta:
+def _marccd_meta(path: Path, data: bytes, layout: TiffLayout, limits: LimitSettings) -> FrameMeta:
+    check_frame_size(path, layout.width_px, layout.height_px, limits)
     raw = read_marccd_header(data, layout.byte_order, path)
     if (raw["nfast"], raw["nslow"]) != (layout.width_px, layout.height_px):
         raise CorruptFrameError(

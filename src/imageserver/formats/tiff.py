@@ -18,8 +18,16 @@ from typing import ClassVar
 
 import numpy as np
 
-from imageserver.errors import CorruptFrameError, FrameRangeError, MissingMetadataError
-from imageserver.formats.base import Frame, FrameMeta, PixelArray
+from imageserver.config import DEFAULT_LIMITS, LimitSettings
+from imageserver.errors import CorruptFrameError, MissingMetadataError
+from imageserver.formats.base import (
+    MAX_SIDE_PX,
+    Frame,
+    FrameMeta,
+    PixelArray,
+    check_frame_size,
+    frame_range_error,
+)
 from imageserver.formats.compressed import HEAD_BYTES, read_bytes, read_head
 
 TIFF_BYTE_ORDERS = {b"II*\x00": "<", b"MM\x00*": ">"}
@@ -33,6 +41,25 @@ _STRIP_OFFSETS, _SAMPLES_PER_PIXEL, _STRIP_BYTE_COUNTS = 273, 277, 279
 _TILE_OFFSETS, _SAMPLE_FORMAT = 324, 339
 _INTEGER_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}
 """TIFF field type -> struct code; the tags read here are all integers."""
+_TAGS_READ = frozenset(
+    {
+        _IMAGE_WIDTH,
+        _IMAGE_LENGTH,
+        _BITS_PER_SAMPLE,
+        _COMPRESSION,
+        _STRIP_OFFSETS,
+        _SAMPLES_PER_PIXEL,
+        _STRIP_BYTE_COUNTS,
+        _TILE_OFFSETS,
+        _SAMPLE_FORMAT,
+    }
+)
+_MAX_VALUES = MAX_SIDE_PX
+"""No tag read here has more values than an image has rows (one strip per row at most)."""
+
+
+class _TagError(ValueError):
+    """A directory entry that cannot be right (too many values)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +93,8 @@ def parse_tiff_layout(data: bytes, source: Path | str) -> TiffLayout:
         raise CorruptFrameError(
             f"{source}: TIFF directory lies outside the {len(data)} bytes read"
         ) from exc
+    except _TagError as exc:
+        raise CorruptFrameError(f"{source}: TIFF {exc}") from exc
     if _IMAGE_WIDTH not in tags or _IMAGE_LENGTH not in tags:
         raise CorruptFrameError(f"{source}: TIFF has no ImageWidth/ImageLength")
     if _STRIP_OFFSETS not in tags or _STRIP_BYTE_COUNTS not in tags:
@@ -88,31 +117,32 @@ def parse_tiff_layout(data: bytes, source: Path | str) -> TiffLayout:
 
 
 def _integer_tags(data: bytes, order: str) -> dict[int, tuple[int, ...]]:
-    """Integer-valued entries of the first IFD; struct.error when it runs past ``data``."""
+    """The integer entries of the first IFD that are read here; struct.error when one runs
+    past ``data``. Other tags are skipped unread: a crafted count could ask for millions."""
     (ifd,) = struct.unpack_from(order + "I", data, 4)
     (count,) = struct.unpack_from(order + "H", data, ifd)
     tags: dict[int, tuple[int, ...]] = {}
     for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
         tag, kind, n = struct.unpack_from(order + "HHI", data, entry)
         code = _INTEGER_TYPES.get(kind)
-        if code is None or n == 0:
+        if code is None or n == 0 or tag not in _TAGS_READ:
             continue
-        if n > len(data):
-            raise struct.error(f"tag {tag} claims {n} values")
+        if n > _MAX_VALUES:
+            raise _TagError(f"tag {tag} claims {n} values")
         size = struct.calcsize(code) * n
         where = entry + 8 if size <= 4 else struct.unpack_from(order + "I", data, entry + 8)[0]
         tags[tag] = struct.unpack_from(f"{order}{n}{code}", data, where)
     return tags
 
 
-def layout_of(path: Path, head: bytes) -> TiffLayout:
+def layout_of(path: Path, head: bytes, limits: LimitSettings = DEFAULT_LIMITS) -> TiffLayout:
     """The layout from the head when the IFD fits in it, else from the whole file."""
     try:
         return parse_tiff_layout(head, path)
     except CorruptFrameError:
         if len(head) < HEAD_BYTES:  # the head was the whole file
             raise
-    return parse_tiff_layout(read_bytes(path), path)
+    return parse_tiff_layout(read_bytes(path, limits=limits), path)
 
 
 def is_marccd_head(head: bytes, suffix: str) -> bool:
@@ -175,23 +205,29 @@ class TiffReader:
     def sniff(cls, head: bytes, suffix: str) -> bool:
         return tiff_byte_order(head) is not None and not is_marccd_head(head, suffix)
 
-    def read_meta(self, path: Path) -> FrameMeta:
-        return _tiff_meta(path, layout_of(path, read_head(path).head))
+    def read_meta(self, path: Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> FrameMeta:
+        layout = layout_of(path, read_head(path, limits=limits).head, limits)
+        return _tiff_meta(path, layout, limits)
 
-    def frame_files(self, path: Path, number: int) -> tuple[str, ...]:
+    def frame_files(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> tuple[str, ...]:
         return ()  # one file holds everything
 
-    def read_frame(self, path: Path, number: int) -> Frame:
+    def read_frame(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> Frame:
         if number != 1:
-            raise FrameRangeError(f"{path}: frame {number} is outside 1..1 (a single-frame file)")
-        content = read_bytes(path)
+            raise frame_range_error(path, number, 1, 1)
+        content = read_bytes(path, limits=limits)
         layout = parse_tiff_layout(content, path)
-        meta = _tiff_meta(path, layout)
+        meta = _tiff_meta(path, layout, limits)
         pixels = read_tiff_pixels(content, layout, meta.bit_depth, path)
         return Frame(pixels=pixels, mask=None, meta=meta, number=number, path=path)
 
 
-def _tiff_meta(path: Path, layout: TiffLayout) -> FrameMeta:
+def _tiff_meta(path: Path, layout: TiffLayout, limits: LimitSettings) -> FrameMeta:
+    check_frame_size(path, layout.width_px, layout.height_px, limits)
     bits = layout.bits_per_sample
     if bits is None:
         raise MissingMetadataError(f"{path}: TIFF has no BitsPerSample; the bit depth is unknown")

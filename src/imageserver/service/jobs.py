@@ -144,7 +144,7 @@ def run_spots(request: Request, renderer: CachedRenderer, _limits: LimitSettings
 
 def run_meta(request: Request, _renderer: CachedRenderer, limits: LimitSettings) -> Success:
     assert isinstance(request, MetaRequest)
-    meta = read_meta(Path(request.fn))  # TODO(limits): pass limits once readers take them
+    meta = read_meta(Path(request.fn), limits=limits)
     if not meta.first_frame <= request.frame <= meta.last_frame:
         raise frame_range_error(request.fn, request.frame, meta.first_frame, meta.last_frame)
     return Success(
