@@ -278,6 +278,34 @@ def test_a_user_cannot_read_another_esafs_file(world: World) -> None:
     assert theirs.frames[2] != b""
 
 
+@needs_root
+@pytest.mark.parametrize("revoke", ["chmod", "chgrp"])
+def test_revoked_access_to_an_open_data_file_takes_effect_at_once(
+    world: World, revoke: str
+) -> None:
+    """The worker has the Eiger data file open (and its frame cached); a chmod or a change of
+    group must still refuse the next request, in the same worker."""
+    chain = world.chain
+    pid = chain.session(world.user_a, [world.esaf_a])
+    data_file = world.master_a.with_name(f"{EIGER16M_STEM}_data_000001.h5")
+    request = jpeg_request(world, pid, frame=1, xsize=48)
+    assert chain.request(request).image is not None
+    worker = _worker_of(world, _uid(world.user_a), world.gid_a)
+    if revoke == "chmod":
+        data_file.chmod(0)
+    else:
+        os.chown(data_file, 0, world.gid_b)
+    try:
+        denied = chain.request(request)
+        assert "permission denied" in denied.job["error"].lower(), denied.job
+        assert str(data_file) in denied.job["error"]
+        assert _worker_of(world, _uid(world.user_a), world.gid_a) == worker
+    finally:
+        os.chown(data_file, 0, world.gid_a)
+        data_file.chmod(0o640)
+    assert chain.request(request).image is not None
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 
