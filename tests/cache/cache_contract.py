@@ -2,7 +2,8 @@
 
 A subclass supplies a ``cache`` fixture (a MemoryCache, SharedCache or TieredCache of
 ReducedViews) and says whether concurrent *failing* computations are coalesced: in one
-process a failure reaches every waiter; across processes each waiter computes again.
+process a failure about the file (here a corrupt frame) reaches every waiter; across
+processes each waiter computes again.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
+import functools
 import json
 import os
 import shutil
@@ -12,18 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fabio.cbfimage
 import numpy as np
 import pytest
 import simplejpeg
 from cache_contract import run_together
 
 from imageserver.cache.codec import DimsCodec, ViewCodec
-from imageserver.cache.keys import Scope
+from imageserver.cache.keys import Scope, cache_key, file_identity
 from imageserver.cache.memory import MemoryCache
-from imageserver.cache.renderer import CachedRenderer, entry_nbytes, renderer_for_worker
+from imageserver.cache.renderer import (
+    CachedRenderer,
+    RenderedReply,
+    entry_nbytes,
+    renderer_for_worker,
+)
 from imageserver.cache.shared import RedisLink, SharedCache
 from imageserver.config import CacheSettings
-from imageserver.errors import FileMissingError, RequestError
+from imageserver.errors import FileMissingError, FrameRangeError, RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame
 from imageserver.render import Look, ViewSpec, render_file
@@ -206,6 +214,71 @@ def test_a_bad_geometry_is_a_request_error_and_costs_one_decode(home: Path) -> N
         cached.jpeg(ViewSpec(master(home), xsize=20000), Look(), fn="f")
     assert cached.jpeg(ViewSpec(master(home), xsize=64), Look(), fn="f").source == "frame"
     assert decode.calls == 1
+
+
+def write_pilatus300k_bz2(path: Path) -> Path:
+    """A Pilatus 300K-sized miniCBF (487 × 619, gaps at −1), bzip2-wrapped, written with fabio.
+
+    It is one bzip2 block, so learning that frame 2 is not in it (unwrapping the head, ~25
+    ms) takes about as long as decoding frame 1: a request for frame 2 that starts first
+    holds the frame-size computation long enough for every other request to wait on it.
+    """
+    counts = np.random.default_rng(3).poisson(20, size=(619, 487)).astype(np.int32)
+    counts[:, 100:107] = -1
+    header = {
+        "_array_data.header_convention": "PILATUS_1.2",
+        "_array_data.header_contents": "# Detector: PILATUS 300K\n# Beam_xy (243.5, 309.5) pixels",
+    }
+    plain = path.with_suffix("")
+    fabio.cbfimage.CbfImage(data=counts, header=header).write(str(plain))
+    path.write_bytes(bz2.compress(plain.read_bytes()))
+    plain.unlink()
+    return path
+
+
+def jpeg_of(cached: CachedRenderer, spec: ViewSpec) -> RenderedReply:
+    return cached.jpeg(spec, Look(), fn="f").value
+
+
+MIXED_REQUESTS = [(2, 256)] * 4 + [(1, 256), (1, 200), (1, 20000), (1, 20000)]
+"""(frame, xsize) of requests arriving at once: half ask for a frame the file lacks, two for
+a size above the limit, two are valid."""
+
+
+def test_concurrent_requests_for_a_new_file_each_get_their_own_answer(tmp_path: Path) -> None:
+    """One request's input error is never another's answer (frame 2 of a single-frame file,
+    an xsize above the limit), whichever request happens to learn the frame size."""
+    path = write_pilatus300k_bz2(tmp_path / "small_0001.cbf.bz2")
+    wrong: list[str] = []
+    for attempt in range(12):  # a new file identity and a new worker memory each time
+        os.utime(path, ns=(attempt * 10**9, attempt * 10**9))
+        cached, _ = renderer(tmp_path)
+        specs = [ViewSpec(path, frame=frame, xsize=xsize) for frame, xsize in MIXED_REQUESTS]
+        answers = run_together([functools.partial(jpeg_of, cached, spec) for spec in specs])
+        for spec, answer in zip(specs, answers, strict=True):
+            if spec.frame == 2:
+                right = isinstance(answer, FrameRangeError) and "frame 2 is outside" in str(answer)
+            elif spec.xsize > 10000:
+                right = isinstance(answer, RequestError) and "xsize 20000" in str(answer)
+            else:
+                right = not isinstance(answer, Exception) and answer.image.width_px == spec.xsize
+            if not right:
+                wrong.append(f"frame {spec.frame} xsize {spec.xsize}: {answer!r}")
+    assert wrong == []
+    good = ViewSpec(path, xsize=256)
+    assert cached.jpeg(good, Look(), fn="f").value.image.data == render_file(good, Look())[0].data
+
+
+def test_a_request_for_a_missing_frame_still_learns_the_files_frame_size(tmp_path: Path) -> None:
+    """The size is everyone's: it comes from the header when the requester's frame is absent."""
+    path = write_pilatus300k_bz2(tmp_path / "small_0001.cbf.bz2")
+    cached, decode = renderer(tmp_path)
+    with pytest.raises(FrameRangeError, match="frame 2 is outside"):
+        cached.jpeg(ViewSpec(path, frame=2, xsize=256), Look(), fn="f")
+    file = file_identity(path, cached.scope)
+    assert file is not None
+    assert cached.memory.get(cache_key(cached.scope, file)) == (487, 619)
+    assert decode.calls == 2  # the size's attempt, then the request's own decode
 
 
 def test_a_missing_file_raises_the_readers_error(home: Path) -> None:

@@ -12,11 +12,17 @@ What is kept, and where:
 - the encoded image with its meta (memory only): an exact repeat costs a lookup.
 
 Every answer says where it came from (`Served.source`); the worker logs it at DEBUG level.
+
+Entries are charged what they keep alive (`entry_nbytes`), so the budget bounds the cache's
+share of the worker's memory. A busy worker's resident size is then its fixed part, the
+budget, and the working set of the largest requests it ran (glibc keeps freed memory for
+the next frame, see `allocator`). An idle one gives most of it back: `release_idle`.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import threading
@@ -26,16 +32,19 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from imageserver import formats
+from imageserver.allocator import release_free_memory, resident_bytes
 from imageserver.cache.codec import DimsCodec, ViewCodec
 from imageserver.cache.keys import CacheKey, FileIdentity, Scope, cache_key, file_identity
 from imageserver.cache.memory import MemoryCache, automatic_budget_bytes
 from imageserver.cache.shared import RedisLink, SharedCache, WriteBehind
+from imageserver.cache.sizes import array_nbytes, object_nbytes
 from imageserver.cache.tiered import TieredCache
 from imageserver.config import CacheSettings
-from imageserver.errors import ImageServerError, RequestError
+from imageserver.errors import FrameRangeError, ImageServerError, RequestError
 from imageserver.formats import open_frame
-from imageserver.formats.base import Frame
+from imageserver.formats.base import Frame, FrameMeta
 from imageserver.imaging.geometry import View, plan_view
+from imageserver.memo import IdentityMemo
 from imageserver.render import Look, ReducedView, RenderedImage, ViewSpec, reduce_view, render_jpeg
 
 log = logging.getLogger(__name__)
@@ -44,11 +53,11 @@ V = TypeVar("V")
 Decode = Callable[[Path, int], Frame]
 FrameFiles = Callable[[Path, int], tuple[str, ...]]
 
+IDLE_KEEP_FRACTION = 1 / 16
+"""What an idle worker's memory tier keeps of its budget: its last few views, no big frames."""
 SOURCES = ("image", "memory", "shared", "frame", "file")
 """Where an answer came from, cheapest first: the encoded image, the reduced view in this
 process or in Redis, a reduction of a frame held in memory, or a decode of the file."""
-META_ALLOWANCE_BYTES = 8192
-"""Charged per view or image entry for its meta and statistics (Python objects)."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +82,20 @@ class RendererCounts:
 
 
 def entry_nbytes(value: object) -> int:
-    """Bytes a memory-cache entry holds: arrays exactly, small Python objects by allowance."""
+    """Bytes a memory-cache entry keeps alive: its arrays' owning buffers and its objects.
+
+    A frame's metadata is usually shared by every frame of its series (and held by the
+    reader's layout cache as well), so it is measured once per metadata object.
+    """
     if isinstance(value, Frame):
-        return int(value.pixels.nbytes + (0 if value.mask is None else value.mask.nbytes))
-    if isinstance(value, ReducedView):
-        return value.nbytes + META_ALLOWANCE_BYTES
-    if isinstance(value, RenderedReply):
-        return len(value.image.data) + META_ALLOWANCE_BYTES
-    return 64
+        mask = 0 if value.mask is None else array_nbytes(value.mask)
+        return array_nbytes(value.pixels) + mask + _meta_nbytes(value.meta)
+    return object_nbytes(value)
+
+
+_meta_nbytes: IdentityMemo[FrameMeta, int] = IdentityMemo(object_nbytes)
+"""An Eiger series' metadata holds per-frame angle lists (15 ms to walk for 3600 frames):
+measured once per metadata object, which `render` keeps alive for its legacy meta anyway."""
 
 
 class CachedRenderer:
@@ -138,6 +153,26 @@ class CachedRenderer:
         reply: RenderedReply = self.memory.get_or_compute(key, render)
         return self._served(Served(reply, source[0]))
 
+    def release_idle(self, keep_fraction: float = IDLE_KEEP_FRACTION) -> int:
+        """Shrink the memory tier to ``keep_fraction`` of its budget and return the freed
+        memory to the system; the bytes dropped from the cache.
+
+        For the worker's loop after an idle spell: otherwise every worker ever busy would keep
+        its whole budget (and its largest requests' working set) until it is retired. The most
+        recently used entries stay. Costs ~0.3 ms per MiB returned, mostly malloc_trim.
+        """
+        dropped = self.memory.shrink(int(self.memory.max_bytes * keep_fraction))
+        gc.collect()  # a failed request's traceback may hold a frame in a reference cycle
+        before = resident_bytes()
+        release_free_memory()
+        log.debug(
+            "idle: dropped %d MiB of cache, resident %d → %d MiB",
+            dropped >> 20,
+            before >> 20,
+            resident_bytes() >> 20,
+        )
+        return dropped
+
     # -- steps ---------------------------------------------------------------------------------
 
     def _files(self, spec: ViewSpec) -> _Files | None:
@@ -163,20 +198,35 @@ class CachedRenderer:
         The size is kept in memory and Redis. When neither has it, the frame is decoded and
         the view made and stored *before* the size is: processes that waited for the size
         then find the view too, instead of each decoding the frame again.
+
+        Everyone waiting shares the size, so nothing about this request may fail it: a frame
+        outside the file gives the size from the header instead (this request then meets its
+        own FrameRangeError when it decodes), and a view that cannot be made fails only this
+        request, after the size is stored.
         """
         made: list[Served[ReducedView]] = []
+        failed: list[Exception] = []
 
         def size_and_view() -> tuple[int, int]:
-            frame, source = self._frame(files, spec)
+            try:
+                frame, source = self._frame(files, spec)
+            except FrameRangeError:
+                meta = formats.read_meta(spec.path)
+                return meta.width_px, meta.height_px
             size = (frame.meta.width_px, frame.meta.height_px)
             try:
                 view = _plan(size, spec)
             except RequestError:
                 return size  # keep the size; the caller's own planning raises the error
-            made.append(self._reduced_view(files, spec, fn, view, (frame, source)))
+            try:
+                made.append(self._reduced_view(files, spec, fn, view, (frame, source)))
+            except Exception as exc:  # this request's view: raised below, to it alone
+                failed.append(exc)
             return size
 
         size = self.dims.get_or_compute(cache_key(self.scope, files.file), size_and_view)
+        if failed:
+            raise failed[0]
         return _Planned(_plan(size, spec), made[0] if made else None)
 
     def _reduced_view(
