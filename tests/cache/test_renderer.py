@@ -30,7 +30,7 @@ from imageserver.cache.renderer import (
     renderer_for_worker,
 )
 from imageserver.cache.shared import RedisLink, SharedCache
-from imageserver.config import CacheSettings
+from imageserver.config import CacheSettings, LimitSettings
 from imageserver.errors import FileMissingError, FrameRangeError, RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame
@@ -40,6 +40,7 @@ from imageserver.sampledata.eiger import write_eiger_series
 from imageserver.sampledata.marccd import write_marccd
 from imageserver.sampledata.pattern import centred_geometry
 from imageserver.service import jobs
+from imageserver.service.reply import Failure, Success
 from imageserver.transports.frames import legacy_frames
 
 GID = 61001
@@ -368,3 +369,25 @@ def test_the_uncached_handler_computes_every_time(home: Path) -> None:
     assert first[3] == second[3]
     pixels = simplejpeg.decode_jpeg(first[3])
     assert pixels.shape[1] == 32 and np.ptp(pixels) > 0
+
+
+def test_a_workers_renderer_obeys_its_configured_limits(home: Path) -> None:
+    """What the worker's parser accepts under [limits], its cached renderer renders; and its
+    frame-size limit reaches every decode (a 20000-pixel-wide request, a small frame cap)."""
+    wide = LimitSettings(max_xsize_px=20000, max_zoom=128.0)
+    payload = {"type": "jpeg", "pid": "p", "fn": str(master(home)), "xsize": 12000, "ysize": 8}
+    worker = jobs.Jobs(renderer_for_worker({"gid": GID, "home": str(home)}, CacheSettings(), wide))
+    for _ in range(2):  # computed, then the stored image: both under the same limits
+        reply = worker(json.dumps(payload).encode())
+        assert isinstance(reply, Success), reply
+        assert simplejpeg.decode_jpeg(reply.parts[2]).shape == (8, 12000, 3)
+    default = jobs.Jobs(renderer_for_worker({"gid": GID, "home": str(home)}, CacheSettings()))
+    refused = default(json.dumps(payload).encode())
+    assert isinstance(refused, Failure) and "above the limit of 10000" in refused.message
+
+    tiny = LimitSettings(max_frame_pixels=1 << 16)
+    small = jobs.Jobs(renderer_for_worker({"gid": GID, "home": str(home)}, CacheSettings(), tiny))
+    for kind in ("jpeg", "spots", "meta"):
+        request = {"type": kind, "pid": "p", "fn": str(master(home)), "xsize": 64}
+        failed = small(json.dumps(request).encode())
+        assert isinstance(failed, Failure) and failed.code == "too_large", (kind, failed)

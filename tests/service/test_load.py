@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,3 +261,45 @@ def test_a_request_beyond_the_memory_ceiling_fails_alone(site: Site) -> None:
         assert after.error is None and after.image is not None
         assert worker_pid(chain, site.gid) == worker
         assert chain.processes["serve"].poll() is None
+
+
+def test_concurrent_requests_of_which_some_are_invalid_each_get_their_own_answer(
+    site: Site,
+) -> None:
+    """One new single-frame file, frame 1 (valid) and frame 2 (invalid) asked at once."""
+    with running(site, deadline_s=20.0, threads=4) as chain:
+        token = chain.session(site.user, [ESAF])
+        for attempt in range(4):
+            path = place_file(site.cbf, site.data / f"race{attempt}_0001.cbf", gid=site.gid)
+            frames = [1, 2] * 4
+            barrier = threading.Barrier(len(frames))
+            replies: list[Any] = [None] * len(frames)
+
+            def ask(
+                index: int,
+                frame: int,
+                path: Path = path,
+                barrier: Any = barrier,
+                replies: list[Any] = replies,
+            ) -> None:
+                client = chain.client()
+                try:
+                    barrier.wait()
+                    replies[index] = client.request(view(site, token, path, frame=frame))
+                finally:
+                    client.close()
+
+            threads = [
+                threading.Thread(target=ask, args=(index, frame))
+                for index, frame in enumerate(frames)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            for frame, reply in zip(frames, replies, strict=True):
+                error = reply.job.get("error")
+                if frame == 1:
+                    assert error is None and reply.meta["frame"] == 1, (attempt, error)
+                else:
+                    assert error == f"{path}: frame 2 is outside the file's frames 1–1", error

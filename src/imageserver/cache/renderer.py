@@ -39,7 +39,7 @@ from imageserver.cache.memory import MemoryCache, automatic_budget_bytes
 from imageserver.cache.shared import RedisLink, SharedCache, WriteBehind
 from imageserver.cache.sizes import array_nbytes, object_nbytes
 from imageserver.cache.tiered import TieredCache
-from imageserver.config import CacheSettings
+from imageserver.config import DEFAULT_LIMITS, CacheSettings, LimitSettings
 from imageserver.errors import FrameRangeError, ImageServerError, RequestError
 from imageserver.formats import open_frame
 from imageserver.formats.base import Frame, FrameMeta
@@ -108,30 +108,39 @@ class CachedRenderer:
         *,
         shared_views: SharedCache[ReducedView] | None = None,
         shared_dims: SharedCache[tuple[int, int]] | None = None,
-        decode: Decode = open_frame,
-        frame_files: FrameFiles = formats.frame_files,
+        decode: Decode | None = None,
+        frame_files: FrameFiles | None = None,
+        limits: LimitSettings = DEFAULT_LIMITS,
     ) -> None:
+        """``limits`` are the worker's `LimitSettings`, the same its request parser used:
+        every decode, header read and view plan here obeys them."""
         self.scope = scope
         self.memory = memory
         self.views: TieredCache[ReducedView] = TieredCache(memory, shared_views)
         self.dims: TieredCache[tuple[int, int]] = TieredCache(memory, shared_dims)
-        self.decode = decode
-        self.frame_files = frame_files
+        self.limits = limits
+        self.decode: Decode = decode or functools.partial(open_frame, limits=limits)
+        self.frame_files: FrameFiles = frame_files or functools.partial(
+            formats.frame_files, limits=limits
+        )
         self.counts = RendererCounts()
         self._counts_lock = threading.Lock()
 
     @classmethod
-    def uncached(cls, decode: Decode = open_frame) -> CachedRenderer:
+    def uncached(
+        cls, decode: Decode | None = None, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> CachedRenderer:
         """Nothing kept (a zero budget), but concurrent equal requests still compute once."""
         scope = Scope.for_worker(os.getgid(), os.getcwd())
-        return cls(scope, MemoryCache(0, entry_nbytes), decode=decode)
+        return cls(scope, MemoryCache(0, entry_nbytes), decode=decode, limits=limits)
 
     def reduced_view(self, spec: ViewSpec, *, fn: str) -> Served[ReducedView]:
         """The full-depth view ``spec`` asks for, with its statistics and meta."""
         files = self._files(spec)
         if files is None:  # unreadable or odd: the reader raises the right error
             frame = self.decode(spec.path, spec.frame)
-            return self._served(Served(reduce_view(frame, spec, fn=fn), "file"))
+            view = reduce_view(frame, spec, fn=fn, limits=self.limits)
+            return self._served(Served(view, "file"))
         planned = self._planned(files, spec, fn)
         return self._served(planned.made or self._reduced_view(files, spec, fn, planned.view))
 
@@ -139,8 +148,10 @@ class CachedRenderer:
         """The encoded image of ``spec`` with ``look``, and the meta of its view."""
         files = self._files(spec)
         if files is None:
-            view = reduce_view(self.decode(spec.path, spec.frame), spec, fn=fn)
-            return self._served(Served(RenderedReply(render_jpeg(view, look), view.meta), "file"))
+            frame = self.decode(spec.path, spec.frame)
+            view = reduce_view(frame, spec, fn=fn, limits=self.limits)
+            image = render_jpeg(view, look, limits=self.limits)
+            return self._served(Served(RenderedReply(image, view.meta), "file"))
         planned = self._planned(files, spec, fn)
         key = files.key(self.scope, spec.frame, view=planned.view, look=look)
         source = ["image"]
@@ -148,7 +159,8 @@ class CachedRenderer:
         def render() -> RenderedReply:
             served = planned.made or self._reduced_view(files, spec, fn, planned.view)
             source[0] = served.source
-            return RenderedReply(render_jpeg(served.value, look), served.value.meta)
+            image = render_jpeg(served.value, look, limits=self.limits)
+            return RenderedReply(image, served.value.meta)
 
         reply: RenderedReply = self.memory.get_or_compute(key, render)
         return self._served(Served(reply, source[0]))
@@ -211,11 +223,11 @@ class CachedRenderer:
             try:
                 frame, source = self._frame(files, spec)
             except FrameRangeError:
-                meta = formats.read_meta(spec.path)
+                meta = formats.read_meta(spec.path, limits=self.limits)
                 return meta.width_px, meta.height_px
             size = (frame.meta.width_px, frame.meta.height_px)
             try:
-                view = _plan(size, spec)
+                view = _plan(size, spec, self.limits)
             except RequestError:
                 return size  # keep the size; the caller's own planning raises the error
             try:
@@ -227,7 +239,7 @@ class CachedRenderer:
         size = self.dims.get_or_compute(cache_key(self.scope, files.file), size_and_view)
         if failed:
             raise failed[0]
-        return _Planned(_plan(size, spec), made[0] if made else None)
+        return _Planned(_plan(size, spec, self.limits), made[0] if made else None)
 
     def _reduced_view(
         self,
@@ -242,7 +254,7 @@ class CachedRenderer:
 
         def reduce() -> ReducedView:
             frame, source[0] = held or self._frame(files, spec)
-            return reduce_view(frame, spec, fn=fn)
+            return reduce_view(frame, spec, fn=fn, limits=self.limits)
 
         # Holding the frame, a reduction costs a few ms: no need to make other processes wait.
         is_held = held is not None or files.key(self.scope, spec.frame) in self.memory
@@ -298,7 +310,7 @@ def _frame_paths(
     return frame_files(path, frame)
 
 
-def _plan(size: tuple[int, int], spec: ViewSpec) -> View:
+def _plan(size: tuple[int, int], spec: ViewSpec, limits: LimitSettings) -> View:
     return plan_view(
         size[0],
         size[1],
@@ -307,10 +319,13 @@ def _plan(size: tuple[int, int], spec: ViewSpec) -> View:
         zoom=spec.zoom,
         segcol=spec.segcol,
         segrow=spec.segrow,
+        limits=limits,
     )
 
 
-def renderer_for_worker(spec: dict[str, Any], settings: CacheSettings) -> CachedRenderer:
+def renderer_for_worker(
+    spec: dict[str, Any], settings: CacheSettings, limits: LimitSettings = DEFAULT_LIMITS
+) -> CachedRenderer:
     """The renderer of a worker process, built after it dropped its privileges.
 
     ``spec["cache"]``, from the manager's `CacheAccess`, holds the shared tier's address and
@@ -327,7 +342,7 @@ def renderer_for_worker(spec: dict[str, Any], settings: CacheSettings) -> Cached
     )
     access = spec.get("cache")
     if not isinstance(access, dict) or not access.get("url"):
-        return CachedRenderer(scope, memory)
+        return CachedRenderer(scope, memory, limits=limits)
     link = RedisLink.connect(
         str(access["url"]),
         prefix=settings.key_prefix,
@@ -346,4 +361,5 @@ def renderer_for_worker(spec: dict[str, Any], settings: CacheSettings) -> Cached
         shared_dims=SharedCache(
             link, DimsCodec(), ttl_s=settings.ttl_s, claim_s=settings.claim_s, writer=writer
         ),
+        limits=limits,
     )

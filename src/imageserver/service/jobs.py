@@ -53,9 +53,10 @@ _META_JSON = MetaJsonCache()
 class Jobs:
     """A worker's handler: its renderer (and caches) and the limits every request obeys."""
 
-    def __init__(self, renderer: CachedRenderer, limits: LimitSettings = DEFAULT_LIMITS) -> None:
+    def __init__(self, renderer: CachedRenderer, limits: LimitSettings | None = None) -> None:
+        """``limits`` default to the renderer's, so parsing and rendering cannot disagree."""
         self.renderer = renderer
-        self.limits = limits
+        self.limits = limits or renderer.limits
 
     def __call__(self, payload: bytes) -> Reply:
         return handle(payload, self.limits, self.renderer)
@@ -81,7 +82,7 @@ def handle(
     except ImageServerError as exc:
         return Failure.of(exc)
     try:
-        return JOBS[type(request)](request, renderer or _uncached(), limits)
+        return JOBS[type(request)](request, renderer or _uncached(limits), limits)
     except ImageServerError as exc:
         if isinstance(request, JpegRequest):
             return Failure.of(exc, fallback=_blank(request, str(exc), limits))
@@ -89,8 +90,8 @@ def handle(
 
 
 @functools.cache
-def _uncached() -> CachedRenderer:
-    return CachedRenderer.uncached()
+def _uncached(limits: LimitSettings) -> CachedRenderer:
+    return CachedRenderer.uncached(limits=limits)
 
 
 def run_jpeg(request: Request, renderer: CachedRenderer, limits: LimitSettings) -> Success:

@@ -123,9 +123,11 @@ def _default_handler(identity: Identity, config: WorkerConfig, grant: dict[str, 
     from imageserver.service.jobs import Jobs
 
     renderer = renderer_for_worker(
-        {"gid": identity.gid, "home": identity.home, "cache": grant.get("cache")}, config.cache
+        {"gid": identity.gid, "home": identity.home, "cache": grant.get("cache")},
+        config.cache,
+        config.limits,
     )
-    return Jobs(renderer=renderer, limits=config.limits)
+    return Jobs(renderer=renderer)
 
 
 def run_job(handler: Handler, job: link.Job, memory_limit_bytes: int) -> Reply:
