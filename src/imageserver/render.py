@@ -16,8 +16,8 @@ import numpy as np
 
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
-from imageserver.formats import open_frame
-from imageserver.formats.base import Frame, FrameMeta
+from imageserver.formats import open_source
+from imageserver.formats.base import AnyFrame, FrameMeta
 from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.colormaps import get_colormap
 from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_planes
@@ -86,7 +86,7 @@ class RenderedImage:
 
 
 def plan_frame_view(
-    frame: Frame, spec: ViewSpec, *, limits: LimitSettings = DEFAULT_LIMITS
+    frame: AnyFrame, spec: ViewSpec, *, limits: LimitSettings = DEFAULT_LIMITS
 ) -> View:
     """The view ``spec`` asks for on this frame, within ``limits`` (see `plan_view`)."""
     return plan_view(
@@ -102,7 +102,7 @@ def plan_frame_view(
 
 
 def reduce_view(
-    frame: Frame,
+    frame: AnyFrame,
     spec: ViewSpec,
     *,
     fn: str | None = None,
@@ -188,6 +188,6 @@ def render_file(
     spec: ViewSpec, look: Look, *, limits: LimitSettings = DEFAULT_LIMITS
 ) -> tuple[RenderedImage, ReducedView]:
     """Open, reduce and render in one call: the CLI's and batch job's path (no cache)."""
-    frame = open_frame(spec.path, spec.frame, limits=limits)
+    frame = open_source(spec.path, spec.frame, limits=limits)
     reduced_view = reduce_view(frame, spec, limits=limits)
     return render_jpeg(reduced_view, look, limits=limits), reduced_view

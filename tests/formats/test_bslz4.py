@@ -43,3 +43,17 @@ def test_bytes_left_over_are_refused() -> None:
     data = stream_of(values) + b"\0\0\0\0"
     with pytest.raises(ValueError, match="do not fill"):
         bslz4.decompress(data, 0, (4096,), values.dtype, BLOCK)
+
+
+@pytest.mark.parametrize("n_elements", [8, 2048, 5000, 5003, 6151])  # full, partial, raw tail
+def test_any_range_decodes_from_the_blocks_that_hold_it(n_elements: int) -> None:
+    values = np.random.default_rng(n_elements).integers(0, 1000, n_elements, dtype=np.uint32)
+    stream = bslz4.Bslz4Stream.checked(
+        stream_of(values, prefix=b"HEAD"), 4, n_elements, values.dtype, BLOCK
+    )
+    assert len(stream.offsets) == n_elements // BLOCK + (n_elements % BLOCK >= 8) + 1
+    edges = sorted({0, 1, 7, 2047, 2048, 2049, 4096, 5000, n_elements - 3, n_elements})
+    for first in edges:
+        for stop in edges:
+            if 0 <= first <= stop <= n_elements:
+                np.testing.assert_array_equal(stream.decode(first, stop), values[first:stop])

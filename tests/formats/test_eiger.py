@@ -23,6 +23,7 @@ from imageserver.errors import (
     FileMissingError,
     FrameRangeError,
 )
+from imageserver.formats.base import EncodedFrame
 from imageserver.formats.eiger import EigerReader
 from imageserver.formats.handles import HandleCache, LayoutCache
 from imageserver.sampledata.eiger import MASK_DEAD, MASK_GAP, MASK_HOT, SATURATION_32BIT
@@ -153,6 +154,22 @@ def test_every_frame_equals_the_plain_h5py_read(
         assert frame.number == number and frame.path == eiger_series
         assert frame.pixels.dtype == np.uint32 and frame.pixels.flags.c_contiguous
         np.testing.assert_array_equal(frame.pixels, pixels)
+
+
+def test_a_bslz4_frame_is_kept_compressed_and_decodes_by_rows(
+    eiger_series: Path, eiger_reader: EigerReader
+) -> None:
+    """One frame per bitshuffle-LZ4 chunk: the reader hands out the checked stream, whose
+    rows are the stored rows, and which is far smaller than the frame."""
+    expected = stored_frames(eiger_series)
+    for number, pixels in expected.items():
+        source = eiger_reader.read_source(eiger_series, number)
+        assert isinstance(source, EncodedFrame)
+        assert (source.number, source.path, source.shape) == (number, eiger_series, pixels.shape)
+        assert source.nbytes < pixels.nbytes / 2
+        np.testing.assert_array_equal(source.rows(7, 19), pixels[7:19])
+        np.testing.assert_array_equal(source.decode().pixels, pixels)
+        assert "series_data_" in source.origin
 
 
 def test_mask_is_shared_read_only_and_marks_every_flagged_pixel(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bitshuffle
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -14,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imageserver.errors import CorruptFrameError
-from imageserver.formats.base import Frame, FrameMeta
+from imageserver.formats.base import EncodedFrame, Frame, FrameMeta
+from imageserver.formats.bslz4 import Bslz4Stream
 from imageserver.imaging.geometry import View, plan_view
 from imageserver.imaging.reduce import Flags, Reduced, reduce_frame, warm_up
 from imageserver.imaging.reference import reduce_frame_reference
@@ -253,3 +255,51 @@ def test_full_size_eiger_frame_equals_reference() -> None:
     frame = frame_of(pixels, mask)
     view = plan_view(4148, 4362, xsize=1024)
     assert_same(reduce_frame(frame, view), reduce_frame_reference(frame, view))
+
+
+def encoded(frame: Frame, block_elements: int) -> EncodedFrame:
+    """The frame as an Eiger chunk would hold it: one bitshuffle-LZ4 stream."""
+    data = bytes(bitshuffle.compress_lz4(frame.pixels.ravel(), block_elements))
+    stream = Bslz4Stream.checked(data, 0, frame.pixels.size, frame.pixels.dtype, block_elements)
+    return EncodedFrame(stream, frame.mask, frame.meta, frame.number, frame.path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_and_views(), st.sampled_from([8, 64, 2048]), st.sampled_from([1, 300, 1 << 18]))
+def test_an_encoded_frame_reduced_strip_by_strip_equals_the_reference(
+    case: tuple[Frame, View], block_elements: int, strip_elements: int
+) -> None:
+    """Strips of one row up to the whole frame, blocks smaller and larger than a row."""
+    frame, view = case
+    source = encoded(frame, block_elements)
+    got = reduce_frame(source, view, strip_elements=strip_elements)
+    assert_same(got, reduce_frame_reference(frame, view))
+    np.testing.assert_array_equal(source.decode().pixels, frame.pixels)
+
+
+def test_a_large_encoded_frame_split_over_threads_and_strips_equals_reference() -> None:
+    rng = np.random.default_rng(11)
+    pixels = rng.poisson(3.0, (1100, 1000)).astype(np.uint32)
+    pixels[rng.random(pixels.shape) < 0.001] = 0xFFFFFFFE
+    pixels[:, 500:510] = 0xFFFFFFFF
+    frame = frame_of(pixels, (rng.random(pixels.shape) < 0.01).astype(np.uint8))
+    source = encoded(frame, 2048)
+    for view in (
+        plan_view(1000, 1100, xsize=250),
+        plan_view(1000, 1100, xsize=256, zoom=4, segcol=2, segrow=1),
+        plan_view(1000, 1100, xsize=8),
+    ):
+        got = reduce_frame(source, view, strip_elements=20_000)
+        assert_same(got, reduce_frame_reference(frame, view))
+
+
+def test_a_damaged_block_fails_the_reduction_with_a_corrupt_frame_error() -> None:
+    """Block lengths are checked when the stream is read; a block's content only when a
+    strip is decoded, which must fail cleanly and never crash."""
+    frame = frame_of(np.random.default_rng(5).integers(0, 9, (64, 64), dtype=np.uint32))
+    data = bytearray(bitshuffle.compress_lz4(frame.pixels.ravel(), 256))
+    data[4:36] = b"\xff" * 32  # the first block's LZ4 tokens, its length untouched
+    stream = Bslz4Stream.checked(bytes(data), 0, frame.pixels.size, np.dtype(np.uint32), 256)
+    source = EncodedFrame(stream, None, frame.meta, 1, Path("x.h5"), origin="x_data.h5: chunk")
+    with pytest.raises(CorruptFrameError, match=r"^x_data\.h5: chunk is corrupt"):
+        reduce_frame(source, plan_view(64, 64, xsize=32))

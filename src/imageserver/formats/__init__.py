@@ -17,7 +17,7 @@ from pathlib import Path
 
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import UnknownFormatError
-from imageserver.formats.base import Frame, FrameMeta, Reader
+from imageserver.formats.base import EncodedFrame, Frame, FrameMeta, Reader
 from imageserver.formats.boundary import translated
 from imageserver.formats.cbf import CbfReader
 from imageserver.formats.compressed import Head, one_pass, read_head
@@ -70,6 +70,20 @@ def open_frame(path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMIT
     """Frame ``number`` (1-based) of ``path`` at full depth, with its mask and metadata."""
     with translated(path), one_pass(path, limits):
         return detect_reader(path, limits=limits).read_frame(path, number, limits=limits)
+
+
+def open_source(
+    path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+) -> Frame | EncodedFrame:
+    """Frame ``number`` of ``path``, kept compressed where its reader can decode it by rows
+    (`EncodedFrame`), else decoded: what the imaging code reduces and the cache holds."""
+    with translated(path), one_pass(path, limits):
+        reader = detect_reader(path, limits=limits)
+        read_source = getattr(reader, "read_source", None)  # optional: Eiger only
+        if read_source is None:
+            return reader.read_frame(path, number, limits=limits)
+        source: Frame | EncodedFrame = read_source(path, number, limits=limits)
+        return source
 
 
 def frame_files(

@@ -35,6 +35,7 @@ from imageserver.errors import (
 )
 from imageserver.formats import bslz4
 from imageserver.formats.base import (
+    EncodedFrame,
     Frame,
     FrameMeta,
     MaskArray,
@@ -137,6 +138,14 @@ class EigerReader:
     def read_frame(
         self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
     ) -> Frame:
+        source = self.read_source(path, number, limits=limits)
+        return source.decode() if isinstance(source, EncodedFrame) else source
+
+    def read_source(
+        self, path: Path, number: int, *, limits: LimitSettings = DEFAULT_LIMITS
+    ) -> Frame | EncodedFrame:
+        """The frame as its checked compressed stream where it is one bitshuffle-LZ4 chunk of
+        unsigned native pixels (the Dectris default), else decoded."""
         layout = self._layout(path, limits)
         found = _find_entry(layout, number, path)
         data_key = _unchanged_key(found)
@@ -151,6 +160,11 @@ class EigerReader:
                 ) from found.error
             data_key = _unchanged_key(found) or _stat(found.path, path)
         assert isinstance(found, _Segment)  # an _Unavailable never has a current key
+        if _is_streamable(found, layout):
+            read = self._read_stream(found, data_key, number)
+            if read is not None:
+                stream, origin = read
+                return EncodedFrame(stream, layout.mask, layout.meta, number, path, origin)
         stored = self._read_stored(found, data_key, number)
         pixels = _to_pixels(stored, layout.pixel_dtype)
         return Frame(pixels=pixels, mask=layout.mask, meta=layout.meta, number=number, path=path)
@@ -255,6 +269,33 @@ class EigerReader:
                 raise CorruptFrameError(f"{data_path}: no 3-D image stack at {dataset_name}")
             return _segment(item, data_path, data_key, next_first, limits)
 
+    def _read_stream(
+        self, segment: _Segment, data_key: FileKey, number: int
+    ) -> tuple[bslz4.Bslz4Stream, str] | None:
+        """Frame ``number``'s chunk, checked but not decoded, and where it was read; None if
+        it was stored unfiltered."""
+        index = number - segment.first
+        with (
+            _translated(segment.path, f"read frame {number}"),
+            self._handles.open(segment.path, data_key) as f,
+        ):
+            dataset = f[segment.dataset_name]
+            _check_index(dataset, index, number, segment.path)
+            filter_mask, chunk = dataset.id.read_direct_chunk((index, 0, 0))
+        if filter_mask & 1:
+            return None
+        n_elements = math.prod(segment.frame_shape)
+        dtype = segment.stored_dtype
+        where = f"{segment.path}: chunk at {(index, 0, 0)}"
+        block_elements = _chunk_block_elements(chunk, n_elements, dtype.itemsize, where)
+        try:
+            stream = bslz4.Bslz4Stream.checked(
+                chunk, _CHUNK_HEADER.size, n_elements, dtype, block_elements
+            )
+        except ValueError as exc:
+            raise CorruptFrameError(f"{where} is {exc}") from None
+        return stream, where
+
     def _read_stored(self, segment: _Segment, data_key: FileKey, number: int) -> np.ndarray:
         """Frame ``number`` in its stored dtype; decoding runs outside h5py's lock."""
         index = number - segment.first
@@ -263,14 +304,30 @@ class EigerReader:
             self._handles.open(segment.path, data_key) as f,
         ):
             dataset = f[segment.dataset_name]
-            if index >= dataset.shape[0]:
-                raise CorruptFrameError(
-                    f"{segment.path}: frame {number} should be at index {index} but the "
-                    f"dataset holds only {dataset.shape[0]} frames"
-                )
+            _check_index(dataset, index, number, segment.path)
             if segment.bslz4_chunks is not None:
                 return _read_bslz4_frame(dataset, index, segment.bslz4_chunks, segment.path)
             return dataset[index]
+
+
+def _check_index(dataset: h5py.Dataset, index: int, number: int, path: str) -> None:
+    if index >= dataset.shape[0]:
+        raise CorruptFrameError(
+            f"{path}: frame {number} should be at index {index} but the "
+            f"dataset holds only {dataset.shape[0]} frames"
+        )
+
+
+def _is_streamable(segment: _Segment, layout: _Layout) -> bool:
+    """One frame per bitshuffle-LZ4 chunk, stored as the unsigned native pixels it shows."""
+    chunks = segment.bslz4_chunks
+    return (
+        chunks is not None
+        and chunks == (1, *segment.frame_shape)
+        and segment.frame_shape == (layout.meta.height_px, layout.meta.width_px)
+        and segment.stored_dtype == layout.pixel_dtype
+        and segment.stored_dtype.isnative
+    )
 
 
 def _segment(

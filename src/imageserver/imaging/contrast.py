@@ -16,8 +16,9 @@ import numpy.typing as npt
 
 from imageserver.imaging import kernels
 from imageserver.imaging.colormaps import get_colormap
-from imageserver.imaging.reduce import Reduced, row_blocks, run_blocks
+from imageserver.imaging.reduce import Reduced, row_blocks
 from imageserver.imaging.stats import ViewStats
+from imageserver.threads import run_blocks
 
 RgbArray = npt.NDArray[np.uint8]
 PlaneArray = npt.NDArray[np.uint8]

@@ -9,10 +9,7 @@ threshold, the output dtypes, and the split of large views into row blocks over 
 from __future__ import annotations
 
 import itertools
-import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -20,18 +17,22 @@ import numpy as np
 import numpy.typing as npt
 
 from imageserver.errors import CorruptFrameError
-from imageserver.formats.base import Frame, MaskArray, PixelArray
+from imageserver.formats.base import (
+    STRIP_ELEMENTS,
+    AnyFrame,
+    EncodedFrame,
+    Frame,
+    MaskArray,
+    PixelArray,
+)
 from imageserver.imaging import kernels
 from imageserver.imaging.geometry import BoxBounds, View, box_bounds
-
-THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-"""Threads that share one large image (this thread plus the pool); one pool per process."""
+from imageserver.threads import THREADS, run_blocks
 
 MIN_PARALLEL_PX = 1 << 18
 """Below this many pixels to visit, one thread beats handing out blocks (~0.1 ms overhead)."""
 
 FlagArray = npt.NDArray[np.uint8]
-RowWork = Callable[[int, int], None]
 
 
 class Flags:
@@ -54,39 +55,93 @@ class Reduced:
     view: View
 
 
-def reduce_frame(frame: Frame, view: View) -> Reduced:
-    """Max-pool the frame into the view's output grid (see `geometry.box_bounds`)."""
+def reduce_frame(frame: AnyFrame, view: View, *, strip_elements: int = STRIP_ELEMENTS) -> Reduced:
+    """Max-pool the frame into the view's output grid (see `geometry.box_bounds`).
+
+    An `EncodedFrame` is decoded a strip of source rows at a time and each strip folded into
+    the view at once, only the rows the view shows: no whole-frame array is ever made.
+    """
+    if isinstance(frame, EncodedFrame):
+        return _reduce_encoded(frame, view, strip_elements)
     pixels = checked_pixels(frame)
     mask = checked_mask(frame, pixels.shape)
-    bounds = box_bounds(view, pixels.shape[1], pixels.shape[0])
+    return _reduce_rows(
+        lambda first, stop: pixels[first:stop], pixels.shape, pixels.dtype, mask, frame, view
+    )
+
+
+def _reduce_encoded(frame: EncodedFrame, view: View, strip_elements: int) -> Reduced:
+    shape = frame.shape
+    if frame.dtype not in (np.uint16, np.uint32) or 0 in shape:
+        raise CorruptFrameError(
+            f"{frame.path} frame {frame.number}: pixels are {frame.dtype} {shape},"
+            " expected a non-empty 2-D uint16 or uint32 image"
+        )
+    mask = checked_mask(frame, shape)
+    strip_rows = max(1, strip_elements // shape[1])
+    return _reduce_rows(frame.rows, shape, frame.dtype, mask, frame, view, strip_rows)
+
+
+def _reduce_rows(
+    rows: Callable[[int, int], PixelArray],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    mask: MaskArray | None,
+    frame: AnyFrame,
+    view: View,
+    strip_rows: int | None = None,
+) -> Reduced:
+    """The pooling of `reduce_frame` over source rows that ``rows(first, stop)`` supplies.
+
+    Output rows are shared out among threads; each thread asks for the source rows of a few
+    output rows at a time (about ``strip_rows``; all of them at once when None), so a strip
+    is folded while it is still in the processor's cache.
+    """
+    bounds = box_bounds(view, shape[1], shape[0])
     count_lo = first_counted_rows(bounds)
-    saturation = saturation_threshold(frame)
-    values = np.empty((view.height_px, view.width_px), dtype=pixels.dtype)
+    saturation = saturation_threshold(dtype, frame.meta.saturation_value)
+    values = np.empty((view.height_px, view.width_px), dtype=dtype)
     flags = np.empty((view.height_px, view.width_px), dtype=np.uint8)
     saturated_per_row = np.empty(view.height_px, dtype=np.int64)
     has_mask = mask is not None
-    mask_arg = mask if mask is not None else np.zeros((1, 1), dtype=np.uint8)
+    no_mask = np.zeros((1, 1), dtype=np.uint8)
+    row_lo, row_hi = bounds.row_lo, bounds.row_hi
 
     def pool_rows(start: int, stop: int) -> None:
-        rows = slice(start, stop)
-        kernels.max_pool_2d(
-            pixels, mask_arg, has_mask,
-            bounds.row_lo[rows], bounds.row_hi[rows], count_lo[rows],
-            bounds.col_lo, bounds.col_hi, saturation,
-            values[rows], flags[rows], saturated_per_row[rows],
-        )  # fmt: skip
+        while start < stop:
+            end = _strip_end(row_lo, row_hi, start, stop, strip_rows)
+            first, last = int(row_lo[start]), int(row_hi[end - 1])
+            out = slice(start, end)
+            kernels.max_pool_2d(
+                rows(first, last), no_mask if mask is None else mask[first:last], has_mask,
+                row_lo[out] - first, row_hi[out] - first, count_lo[out] - first,
+                bounds.col_lo, bounds.col_hi, saturation,
+                values[out], flags[out], saturated_per_row[out],
+            )  # fmt: skip
+            start = end
 
-    rows_read = int(bounds.row_hi[-1] - bounds.row_lo[0])
+    rows_read = int(row_hi[-1] - row_lo[0])
     cols_read = int(bounds.col_hi[-1] - bounds.col_lo[0])
     work_px = max(rows_read * cols_read, values.size)
     run_blocks(pool_rows, row_blocks(view.height_px, work_px))
     return Reduced(values, flags, int(saturated_per_row.sum()), view)
 
 
-def saturation_threshold(frame: Frame) -> int:
+def _strip_end(
+    row_lo: np.ndarray, row_hi: np.ndarray, start: int, stop: int, strip_rows: int | None
+) -> int:
+    """The end of the run of output rows from ``start`` whose boxes span ≤ ``strip_rows``
+    source rows (at least one output row, whatever its box)."""
+    if strip_rows is None:
+        return stop
+    limit = row_lo[start] + strip_rows
+    end = start + int(np.searchsorted(row_hi[start:stop], limit, side="right"))
+    return max(end, start + 1)
+
+
+def saturation_threshold(dtype: np.dtype, value: int | None) -> int:
     """The file's saturation value, else one below the marker: the top real value saturates."""
-    top = int(np.iinfo(frame.pixels.dtype).max)
-    value = frame.meta.saturation_value
+    top = int(np.iinfo(dtype).max)
     return top - 1 if value is None else min(max(int(value), 0), top)
 
 
@@ -110,7 +165,7 @@ def checked_pixels(frame: Frame) -> PixelArray:
     return cast(PixelArray, np.ascontiguousarray(pixels))
 
 
-def checked_mask(frame: Frame, shape: tuple[int, ...]) -> MaskArray | None:
+def checked_mask(frame: AnyFrame, shape: tuple[int, ...]) -> MaskArray | None:
     mask = frame.mask
     if mask is None:
         return None
@@ -128,39 +183,6 @@ def row_blocks(n_rows: int, work_px: int) -> list[tuple[int, int]]:
     n_blocks = min(THREADS, n_rows) if work_px >= MIN_PARALLEL_PX else 1
     edges = np.linspace(0, n_rows, max(n_blocks, 1) + 1).astype(int).tolist()
     return list(itertools.pairwise(edges))
-
-
-def run_blocks(work: RowWork, blocks: list[tuple[int, int]]) -> None:
-    """Call work(start, stop) for every block: the first in this thread, the rest on the pool."""
-    futures = [_thread_pool().submit(work, start, stop) for start, stop in blocks[1:]]
-    try:
-        work(*blocks[0])
-    finally:
-        for future in futures:
-            future.result()
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _thread_pool() -> ThreadPoolExecutor:
-    """The process's pool, made on first use so a forking parent (the zygote) holds no threads."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="reduce")
-        return _pool
-
-
-def _forget_pool_after_fork() -> None:
-    """A forked child has none of its parent's threads: start a fresh pool when needed."""
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def warm_up() -> None:

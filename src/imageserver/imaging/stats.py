@@ -23,7 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from imageserver.imaging import kernels
-from imageserver.imaging.reduce import Reduced, row_blocks, run_blocks
+from imageserver.imaging.reduce import Reduced, row_blocks
+from imageserver.threads import run_blocks
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
