@@ -12,34 +12,38 @@ process of the same ESAF; it removes them at the end. It also times, in this pro
 from __future__ import annotations
 
 import argparse
-import grp
-import os
-import pwd
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
 
-from chain_bench import N_FRAMES, BenchUsers, ThreadClients, write_series_once
+from chain_common import (
+    BENCH_ESAF,
+    N_FRAMES,
+    BenchUsers,
+    Crowd,
+    Request,
+    Row,
+    SharedViews,
+    all_tiles,
+    bench_memory_bound,
+    heap_frames,
+    requester,
+    running,
+    warm_heap,
+    write_series_once,
+)
 from imageserver.allocator import tune_allocator
 from imageserver.cache.codec import FrameCodec
-from imageserver.client import Reply
 from imageserver.embedded_redis import EmbeddedRedis
 from imageserver.formats import open_frame
 from imageserver.imaging.reduce import warm_up
-from imageserver.local_service import LocalService
 from imageserver.render import Look, ViewSpec, reduce_view, render_jpeg
 from run import print_table
-
-Row = tuple[str, list[float], str]
-BENCH_ESAF = 69001
-BENCH_GROUP = f"isbenchesaf{BENCH_ESAF}"
 
 
 def main() -> int:
@@ -56,53 +60,25 @@ def main() -> int:
     work.chmod(0o755)
     redis_server = EmbeddedRedis(work / "redis").start()
     users = BenchUsers()
-    is_root = os.geteuid() == 0
-    if is_root:
-        subprocess.run(["groupadd", BENCH_GROUP], check=True)
+    crowd = Crowd()
     rows: list[Row] = []
     try:
+        esafs = users.make_esaf_group()
         rows += bench_frame_through_redis(master, redis_server)
         frames = iter(range(1, N_FRAMES + 1))
         budget = args.budget_mib << 20
         with running(work / "on", redis_server, f"memory_budget_bytes = {budget}\n") as on:
-            rows += bench_cached(on, master, frames, args.runs, users, redis_server)
-            rows += bench_memory_bound(on, master, users, args.distinct, budget)
+            rows += bench_cached(on, crowd, master, frames, args.runs, users, esafs, redis_server)
+            rows.append(bench_memory_bound(on, master, users, args.distinct, budget))
         with running(work / "off", redis_server, "memory_budget_bytes = 0\n", shared=False) as off:
-            rows += bench_uncached(off, master, args.runs, users)
+            rows += bench_uncached(off, crowd, master, args.runs, users)
+            crowd.close()
     finally:
         redis_server.stop()
         users.remove()
-        if is_root:
-            subprocess.run(["groupdel", BENCH_GROUP], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
     print_table(rows)
     return 0
-
-
-class running:  # noqa: N801 (used as a context manager, like open)
-    """A LocalService with extra [cache] keys, optionally without the shared tier.
-
-    It yields itself: ``service``, and ``clients`` (persistent ones, closed before it stops).
-    """
-
-    def __init__(
-        self, directory: Path, server: EmbeddedRedis, cache_keys: str, *, shared: bool = True
-    ) -> None:
-        identity = '[identity]\nesaf_group_pattern = "isbenchesaf{esaf}"\n'
-        self.service = LocalService(directory, server.url, extra_config=cache_keys + identity)
-        if not shared:  # the generated config names the Redis; empty turns the tier off
-            text = self.service.config.read_text()
-            cache_url = server.url.rsplit("/", 1)[0] + "/1"
-            self.service.config.write_text(text.replace(f'"{cache_url}"', '""'))
-        self.clients = ThreadClients(self.service)
-
-    def __enter__(self) -> running:
-        self.service.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.clients.close()
-        self.service.stop()
 
 
 def bench_frame_through_redis(master: Path, server: EmbeddedRedis) -> list[Row]:
@@ -146,19 +122,17 @@ def timed(call: Callable[[], object]) -> float:
 
 def bench_cached(
     bench: running,
+    crowd: Crowd,
     master: Path,
     frames: Iterator[int],
     runs: int,
     users: BenchUsers,
+    esafs: list[int],
     redis_server: EmbeddedRedis,
 ) -> list[Row]:
     service = bench.service
-    is_root = os.geteuid() == 0
-    esafs = [BENCH_ESAF] if is_root else []
-    user_a = users.make()
-    pid_a = service.session(user_a, esafs)
-    esaf = BENCH_ESAF if is_root else 0
-    request = requester(bench.clients, pid_a, master, esaf)
+    pid_a = service.session(users.make(), esafs)
+    request = requester(bench.clients, pid_a, master, esafs[0] if esafs else 0)
     warm_heap(request, [next(frames) for _ in range(heap_frames(service))])
     cold = [request(next(frames)) for _ in range(runs)]
     frame = next(frames)
@@ -175,8 +149,8 @@ def bench_cached(
         tiles_256 += [request(frame, xsize=256, zoom=4, segcol=c, segrow=r) for c, r in grid]
     mosaic_256, mosaic_1024 = [], []
     for _ in range(3):
-        mosaic_256.append(all_tiles(request, next(frames), 256))
-        mosaic_1024.append(all_tiles(request, next(frames), 1024))
+        mosaic_256.append(all_tiles(crowd, request, next(frames), 256))
+        mosaic_1024.append(all_tiles(crowd, request, next(frames), 1024))
     rows: list[Row] = [
         ("cache on: cold 16M frame → 1024 JPEG", cold, ""),
         ("warm in memory: same view, new contrast", contrast, "≤ 4"),
@@ -186,7 +160,7 @@ def bench_cached(
         ("16 tiles ×4, 256 wide, of a new frame, at once (wall)", mosaic_256, "≤ 1.5× cold"),
         ("16 tiles ×4, 1024 wide, of a new frame, at once (wall)", mosaic_1024, ""),
     ]
-    if is_root:
+    if esafs:
         rows += bench_shared(bench, master, request, users, redis_server)
     return rows
 
@@ -194,7 +168,7 @@ def bench_cached(
 def bench_shared(
     bench: running,
     master: Path,
-    request_a: Callable[..., float],
+    request_a: Request,
     users: BenchUsers,
     redis_server: EmbeddedRedis,
 ) -> list[Row]:
@@ -202,159 +176,33 @@ def bench_shared(
     pid_b = bench.service.session(users.make(), [BENCH_ESAF])
     request_b = requester(bench.clients, pid_b, master, BENCH_ESAF)
     warm_heap(request_b, list(range(31, 31 + heap_frames(bench.service))))
-    cache_db = redis.Redis(port=redis_server.port, db=1)
+    views = SharedViews(redis_server)
     from_redis = []
     for index in range(15):
         frame, xsize = 2 + index % 3, 1000 - index  # a view B has never seen
+        stored = views.count()
         request_a(frame, xsize=xsize)
-        wait_for_views(cache_db, index + 1)
+        views.wait_beyond(stored)
         from_redis.append(request_b(frame, xsize=xsize, contrast=40))
     return [("warm in Redis: another worker of the ESAF, same view", from_redis, "≤ 8")]
 
 
-def heap_frames(service: LocalService) -> int:
-    """Frames (90 MB each with the mask) that fill a worker's budget once, and then some."""
-    return service.settings.cache.memory_budget_bytes // (90 << 20) + 2
-
-
-def warm_heap(request: Callable[..., float], frames: list[int]) -> None:
-    """Bring a new worker to its steady state: its budget filled once, the heap grown.
-
-    A long-running worker recycles the memory of evicted entries. A new one grows its heap
-    first, and on this benchmark's virtual machine every first touch of a fresh page is
-    expensive (a 16M decode into new memory takes 90 ms instead of 30), which would be
-    charged to whichever row happened to run first.
-    """
-    for frame in frames:
-        request(frame, xsize=64)
-
-
-def wait_for_views(cache_db: redis.Redis, at_least: int) -> None:
-    deadline = time.monotonic() + 5
-    while len(cache_db.keys(f"imageserver:{grp.getgrnam(BENCH_GROUP).gr_gid}:view:*")) < at_least:
-        if time.monotonic() > deadline:
-            raise SystemExit("views do not reach Redis")
-        time.sleep(0.002)
-
-
-def bench_uncached(bench: running, master: Path, runs: int, users: BenchUsers) -> list[Row]:
+def bench_uncached(
+    bench: running, crowd: Crowd, master: Path, runs: int, users: BenchUsers
+) -> list[Row]:
     pid = bench.service.session(users.make(), [])
     request = requester(bench.clients, pid, master, 0)
     request(1, xsize=64)
     cold = [request(1 + i % N_FRAMES) for i in range(runs)]
     contrast = [request(5, contrast=30 + i) for i in range(runs)]
     tiles = [request(6, zoom=4, segcol=c, segrow=r) for r in range(4) for c in range(4)]
-    mosaic = [all_tiles(request, 7 + i, 256) for i in range(3)]
+    mosaic = [all_tiles(crowd, request, 7 + i, 256) for i in range(3)]
     return [
         ("cache off: 16M frame → 1024 JPEG", cold, ""),
         ("cache off: same view, new contrast", contrast, ""),
         ("cache off: ×4 zoom tile, 1024 wide", tiles, ""),
         ("cache off: 16 tiles ×4, 256 wide, at once (wall)", mosaic, ""),
     ]
-
-
-def bench_memory_bound(
-    bench: running, master: Path, users: BenchUsers, distinct: int, budget: int
-) -> list[Row]:
-    """RSS of one worker through a stream of distinct requests (8 frames, varied views)."""
-    user = users.make()
-    pid = bench.service.session(user, [])
-    request = requester(bench.clients, pid, master, 0)
-    request(40, xsize=64)
-    worker = worker_of(bench.service, pwd.getpwnam(user).pw_uid)
-    baseline = rss_bytes(worker)
-    times = []
-    for i in range(distinct):
-        frame = 40 + (i // 50) % 8  # 8 × 90 MB of frames, more than the budget, 50 views each
-        zoom = 1 + i % 4
-        times.append(
-            request(
-                frame,
-                xsize=64 + i % 397,
-                zoom=zoom,
-                segcol=(i // 4) % zoom,
-                segrow=(i // 16) % zoom,
-                contrast=1 + i // 397,  # with xsize, makes every request distinct
-            )
-        )
-    after = rss_bytes(worker)
-    peak = peak_rss_bytes(worker)
-    name = (
-        f"{distinct} distinct requests: worker RSS {baseline >> 20} → {after >> 20} MiB"
-        f" (peak {peak >> 20}; budget {budget >> 20} MiB)"
-    )
-    return [(name, times, f"≤ {(baseline + budget) >> 20} MiB + fixed")]
-
-
-def requester(clients: ThreadClients, pid: str, master: Path, esaf: int) -> Callable[..., float]:
-    def request(frame: int, **fields: object) -> float:
-        job = {"type": "jpeg", "pid": pid, "esaf": esaf, "fn": str(master), "frame": frame}
-        job.update({"xsize": 1024, **fields})
-        started = time.perf_counter()
-        reply = clients.request(job)
-        elapsed = time.perf_counter() - started
-        check(reply)
-        return elapsed
-
-    return request
-
-
-def check(reply: Reply) -> None:
-    if reply.error is not None or "error" in reply.job:
-        raise SystemExit(f"request failed: {reply.error or reply.job['error']}")
-
-
-def all_tiles(request: Callable[..., float], frame: int, xsize: int) -> float:
-    """Wall time of the 16 tiles of a ×4 zoom asked for at once, as a map viewer does."""
-    barrier = threading.Barrier(16)
-
-    def tile(col: int, row: int) -> None:
-        barrier.wait()
-        request(frame, xsize=xsize, zoom=4, segcol=col, segrow=row)
-
-    threads = [threading.Thread(target=tile, args=(c, r)) for r in range(4) for c in range(4)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
-
-
-def worker_of(service: LocalService, uid: int) -> int:
-    zygotes = children_of(service.manager_pid())
-    for pid in (pid for zygote in zygotes for pid in children_of(zygote)):
-        if os.stat(f"/proc/{pid}").st_uid == uid:
-            return pid
-    raise SystemExit(f"no worker runs as uid {uid}")
-
-
-def children_of(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{parent}\n" in status:
-                found.append(int(entry))
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    return _status_kib(pid, "VmRSS") << 10
-
-
-def peak_rss_bytes(pid: int) -> int:
-    return _status_kib(pid, "VmHWM") << 10
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no {field} for process {pid}")
 
 
 if __name__ == "__main__":

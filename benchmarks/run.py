@@ -206,13 +206,18 @@ def _sum(*series: list[float]) -> list[float]:
     return [sum(values) for values in zip(*series, strict=True)]
 
 
-def print_table(rows: list[Row]) -> None:
-    print(
+def machine_line() -> str:
+    """The machine and versions a table was measured with (numbers drift with both)."""
+    return (
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"Python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
         f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), "
         f"simplejpeg {simplejpeg.__version__}"
     )
+
+
+def print_table(rows: list[Row]) -> None:
+    print(machine_line())
     print()
     print(f"| {'what':<58} | {'runs':>4} | {'median ms':>9} | {'p95 ms':>7} | {'target ms':<10} |")
     print(f"|{'-' * 60}|{'-' * 6}|{'-' * 11}|{'-' * 9}|{'-' * 12}|")
