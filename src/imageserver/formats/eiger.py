@@ -21,7 +21,6 @@ from typing import ClassVar
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters with HDF5)
 import numpy as np
-import numpy.typing as npt
 
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import (
@@ -43,6 +42,7 @@ from imageserver.formats.base import (
     check_frame_size,
     frame_range_error,
 )
+from imageserver.formats.eiger_mask import read_mask
 from imageserver.formats.eiger_tables import (
     SPECIFIC,
     read_header_geometry,
@@ -220,7 +220,7 @@ class EigerReader:
             if stale is not None and stale.key == key and stale.meta.width_px == width_px:
                 mask = stale.mask  # the same master file holds the same mask: skip a 16M read
             else:
-                mask = _read_mask(f.get(MASK_PATH), (height_px, width_px), path)
+                mask = read_mask(f.get(MASK_PATH), (height_px, width_px), path)
         return _Layout(key, meta, tuple(entries), mask, pixel_dtype)
 
     def _walk_data(
@@ -559,19 +559,6 @@ def _check_detector_size(
             width_px,
             height_px,
         )
-
-
-def _read_mask(item: object, shape: tuple[int, int], path: Path | str) -> MaskArray | None:
-    """pixel_mask as 0/1 uint8, read-only because every frame of the series shares it."""
-    if not isinstance(item, h5py.Dataset):
-        return None
-    if item.shape != shape:
-        raise CorruptFrameError(
-            f"{path}: pixel_mask is {item.shape[::-1]} but the images are {shape[::-1]} (w x h)"
-        )
-    mask: npt.NDArray[np.uint8] = np.not_equal(item[()], 0).view(np.uint8)
-    mask.setflags(write=False)
-    return mask
 
 
 def _int_attr(dataset: h5py.Dataset, name: str) -> int | None:
