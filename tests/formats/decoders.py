@@ -2,13 +2,15 @@
 
 GzipFile, gzip.decompress, BZ2File, bz2.open, bz2.decompress, LZMAFile and lzma.decompress all
 build their decoder from the module-level name patched here (zlib's one-shot call is patched
-too), so the bytes they produce add up to the content once per pass over a file, whatever the
-code under test calls: a second pass, even of the head only, shows.
+too, and zlib-ng's gzip reader, behind GzipNGFile and gzip_ng.decompress), so the bytes
+they produce add up to the content once per pass over a file, whatever the code under test
+calls: a second pass, even of the head only, shows.
 """
 
 from __future__ import annotations
 
 import bz2
+import io
 import lzma
 import zlib
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from zlib_ng import gzip_ng
 
 _FACTORIES: dict[str, tuple[ModuleType, str]] = {
     "gz": (zlib, "decompressobj"),
@@ -71,4 +74,27 @@ def count_decoders(monkeypatch: pytest.MonkeyPatch, kind: str) -> DecoderCount:
             return result
 
         monkeypatch.setattr(zlib, "decompress", counting_one_shot)
+        monkeypatch.setattr(gzip_ng, "_GzipReader", _counting_gzip_reader(count))
     return count
+
+
+def _counting_gzip_reader(count: DecoderCount) -> type:
+    real = gzip_ng._GzipReader
+
+    class CountingGzipReader(io.RawIOBase):
+        def __init__(self, *args: Any) -> None:
+            count.made += 1
+            self._real = real(*args)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            produced: int = self._real.readinto(buffer)
+            count.produced_bytes += produced
+            return produced
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(self._real, attribute)
+
+    return CountingGzipReader

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bz2
 import errno
-import gzip
 import io
 import lzma
 import os
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from types import TracebackType
 from typing import BinaryIO
+
+from zlib_ng import gzip_ng, zlib_ng
 
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import (
@@ -54,11 +55,11 @@ _PREFIX_BYTES = 6
 """The longest magic (xz)."""
 _SUFFIXES = frozenset({".gz", ".bz2", ".xz"})
 _DECODERS: dict[str, Callable[[BinaryIO], io.BufferedIOBase]] = {
-    "gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    "gz": lambda raw: gzip_ng.GzipNGFile(fileobj=raw, mode="rb"),  # zlib-ng: 3-9× zlib
     "bz2": lambda raw: bz2.BZ2File(raw, mode="rb"),
     "xz": lambda raw: lzma.LZMAFile(raw, mode="rb"),  # noqa: SIM115 (Unwrapped closes it)
 }
-_CODEC_ERRORS = (EOFError, zlib.error, lzma.LZMAError, ValueError)
+_CODEC_ERRORS = (EOFError, zlib.error, zlib_ng.error, lzma.LZMAError, ValueError)
 _ACTIVE: ContextVar[Unwrapped | None] = ContextVar("imageserver_unwrapped", default=None)
 
 
