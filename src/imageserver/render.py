@@ -24,7 +24,7 @@ from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_pla
 from imageserver.imaging.encode import encode_jpeg_ycc, encode_png
 from imageserver.imaging.geometry import View, plan_view
 from imageserver.imaging.label import check_label_height, label_text, render_banner
-from imageserver.imaging.reduce import Reduced, reduce_frame
+from imageserver.imaging.reduce import Reduced, RowSource, reduce_frame
 from imageserver.imaging.stats import ViewStats, view_stats
 from imageserver.memo import IdentityMemo
 
@@ -107,10 +107,12 @@ def reduce_view(
     *,
     fn: str | None = None,
     limits: LimitSettings = DEFAULT_LIMITS,
+    rows: RowSource | None = None,
 ) -> ReducedView:
-    """Reduce one frame to the requested view at full bit depth and describe it."""
+    """Reduce one frame to the requested view at full bit depth and describe it (``rows``:
+    see `reduce_frame`)."""
     view = plan_frame_view(frame, spec, limits=limits)
-    reduced = reduce_frame(frame, view)
+    reduced = reduce_frame(frame, view, rows=rows)
     stats = view_stats(reduced, frame.meta.beam_center_x_px, frame.meta.beam_center_y_px)
     meta = {
         **_series_meta(frame.meta),

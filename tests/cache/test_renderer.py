@@ -20,6 +20,7 @@ import pytest
 import simplejpeg
 from cache_contract import run_together
 
+from imageserver.cache import renderer as renderer_module
 from imageserver.cache.codec import DimsCodec, ViewCodec
 from imageserver.cache.keys import Scope, cache_key, file_identity
 from imageserver.cache.memory import MemoryCache
@@ -32,8 +33,8 @@ from imageserver.cache.renderer import (
 from imageserver.cache.shared import RedisLink, SharedCache
 from imageserver.config import CacheSettings, LimitSettings
 from imageserver.errors import FileMissingError, FrameRangeError, RequestError
-from imageserver.formats import open_frame
-from imageserver.formats.base import Frame
+from imageserver.formats import open_frame, open_source
+from imageserver.formats.base import AnyFrame, EncodedFrame
 from imageserver.render import Look, ViewSpec, render_file
 from imageserver.sampledata.dataset import EIGER16M_STEM, EIGER_PIXEL_M, MARCCD_LE
 from imageserver.sampledata.eiger import write_eiger_series
@@ -47,16 +48,16 @@ GID = 61001
 
 
 class CountingDecode:
-    """The real decode, counted (thread-safe)."""
+    """The real decode (kept compressed where the format allows, as in production), counted."""
 
     def __init__(self) -> None:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def __call__(self, path: Path, number: int) -> Frame:
+    def __call__(self, path: Path, number: int) -> AnyFrame:
         with self._lock:
             self.calls += 1
-        return open_frame(path, number)
+        return open_source(path, number)
 
 
 @pytest.fixture
@@ -137,6 +138,38 @@ def test_concurrent_tiles_of_a_new_frame_decode_it_once(home: Path) -> None:
     images = run_together([lambda c=c, r=r: tile(c, r) for r in range(4) for c in range(4)])
     assert all(isinstance(image, bytes) for image in images)
     assert decode.calls == 1
+
+
+def test_the_tiles_of_a_zoomed_frame_decode_each_band_of_rows_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 tiles at once: each band of rows is decoded by one tile and shared by the others,
+    and every tile is exactly the uncached rendering."""
+    decoded: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    real_rows = EncodedFrame.rows
+
+    def counting_rows(self: EncodedFrame, first: int, stop: int) -> Any:
+        with lock:
+            decoded.append((first, stop))
+        return real_rows(self, first, stop)
+
+    monkeypatch.setattr(EncodedFrame, "rows", counting_rows)
+    monkeypatch.setattr(renderer_module, "BAND_ELEMENTS", 16 * 1100)  # 16 rows, many bands
+    cached, decode = renderer(home)
+    specs = [
+        ViewSpec(master(home), frame=2, xsize=96, zoom=4, segcol=col, segrow=row)
+        for row in range(4)
+        for col in range(4)
+    ]
+    images = run_together([lambda s=s: cached.jpeg(s, Look(), fn="f") for s in specs])
+    assert decode.calls == 1
+    bands = [band for band in decoded if band[1] > band[0]]
+    assert len(bands) == len(set(bands)) and all(stop - first <= 16 for first, stop in bands)
+    height = open_frame(master(home), 2).pixels.shape[0]
+    assert sum(stop - first for first, stop in bands) == height  # the 4 rows of tiles: all
+    for spec, image in zip(specs, images, strict=True):
+        assert image.value.image.data == render_file(spec, Look())[0].data
 
 
 def test_a_rewritten_file_is_never_served_stale(home: Path) -> None:
@@ -317,7 +350,7 @@ from pathlib import Path
 import redis
 from imageserver.cache.renderer import renderer_for_worker
 from imageserver.config import CacheSettings
-from imageserver.formats import open_frame
+from imageserver.formats import open_frame, open_source
 from imageserver.render import Look, ViewSpec
 
 url, home, master, start_at = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4])

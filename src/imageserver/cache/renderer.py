@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 from imageserver import formats
 from imageserver.allocator import release_free_memory, resident_bytes
 from imageserver.cache.codec import DimsCodec, ViewCodec
@@ -42,8 +44,9 @@ from imageserver.cache.tiered import TieredCache
 from imageserver.config import DEFAULT_LIMITS, CacheSettings, LimitSettings
 from imageserver.errors import FrameRangeError, ImageServerError, RequestError
 from imageserver.formats import open_source
-from imageserver.formats.base import AnyFrame, EncodedFrame, Frame, FrameMeta
+from imageserver.formats.base import AnyFrame, EncodedFrame, Frame, FrameMeta, PixelArray
 from imageserver.imaging.geometry import View, plan_view
+from imageserver.imaging.reduce import RowSource
 from imageserver.memo import IdentityMemo
 from imageserver.render import Look, ReducedView, RenderedImage, ViewSpec, reduce_view, render_jpeg
 
@@ -53,6 +56,9 @@ V = TypeVar("V")
 Decode = Callable[[Path, int], AnyFrame]
 FrameFiles = Callable[[Path, int], tuple[str, ...]]
 
+BAND_ELEMENTS = 1 << 18
+"""Pixels per decoded band kept for zoomed views (1 MB of uint32): small enough that two
+threads share a tile's bands, large enough that a band is one bitshuffle call."""
 IDLE_KEEP_FRACTION = 1 / 16
 """What an idle worker's memory tier keeps of its budget: its last few views, no big frames."""
 SOURCES = ("image", "memory", "shared", "frame", "file")
@@ -258,7 +264,10 @@ class CachedRenderer:
 
         def reduce() -> ReducedView:
             frame, source[0] = held or self._frame(files, spec)
-            return reduce_view(frame, spec, fn=fn, limits=self.limits)
+            rows = None
+            if isinstance(frame, EncodedFrame) and view.zoom > 1:
+                rows = self._kept_rows(files.key(self.scope, spec.frame), frame)
+            return reduce_view(frame, spec, fn=fn, limits=self.limits, rows=rows)
 
         # Holding the frame, a reduction costs a few ms: no need to make other processes wait.
         is_held = held is not None or files.key(self.scope, spec.frame) in self.memory
@@ -275,6 +284,36 @@ class CachedRenderer:
 
         frame: AnyFrame = self.memory.get_or_compute(files.key(self.scope, spec.frame), decode)
         return frame, source[0]
+
+    def _kept_rows(self, frame_key: CacheKey, frame: EncodedFrame) -> RowSource:
+        """Rows of ``frame`` from decoded bands kept in the memory tier, for zoomed views.
+
+        The tiles of a zoomed frame come together and each shows a quarter (or less) of the
+        rows across part of the width: decoding only the blocks of its rows, each tile would
+        decode its band of rows again for every tile beside it. Bands of `BAND_ELEMENTS`
+        are decoded once, by whichever tile asks first, and kept like any entry; a whole
+        view (zoom 1) decodes strips that it does not keep.
+        """
+        height, width = frame.shape
+        band = max(1, BAND_ELEMENTS // width)
+
+        def band_rows(index: int) -> PixelArray:
+            first = index * band
+            decoded: PixelArray = self.memory.get_or_compute(
+                (frame_key, "rows", index), lambda: frame.rows(first, min(height, first + band))
+            )
+            return decoded
+
+        def rows(first: int, stop: int) -> PixelArray:
+            if stop <= first:
+                return frame.rows(first, first)
+            pieces = [
+                band_rows(index)[max(first - index * band, 0) : stop - index * band]
+                for index in range(first // band, (stop - 1) // band + 1)
+            ]
+            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+        return rows
 
     def _served(self, served: Served[V]) -> Served[V]:
         with self._counts_lock:

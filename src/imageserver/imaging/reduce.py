@@ -33,6 +33,8 @@ MIN_PARALLEL_PX = 1 << 18
 """Below this many pixels to visit, one thread beats handing out blocks (~0.1 ms overhead)."""
 
 FlagArray = npt.NDArray[np.uint8]
+RowSource = Callable[[int, int], PixelArray]
+"""rows(first, stop): source rows [first, stop) as a C-contiguous 2-D array."""
 
 
 class Flags:
@@ -55,14 +57,22 @@ class Reduced:
     view: View
 
 
-def reduce_frame(frame: AnyFrame, view: View, *, strip_elements: int = STRIP_ELEMENTS) -> Reduced:
+def reduce_frame(
+    frame: AnyFrame,
+    view: View,
+    *,
+    strip_elements: int = STRIP_ELEMENTS,
+    rows: RowSource | None = None,
+) -> Reduced:
     """Max-pool the frame into the view's output grid (see `geometry.box_bounds`).
 
     An `EncodedFrame` is decoded a strip of source rows at a time and each strip folded into
     the view at once, only the rows the view shows: no whole-frame array is ever made.
+    ``rows`` may supply its strips instead of its own `EncodedFrame.rows` (decoded rows the
+    caller keeps, see `cache.renderer`).
     """
     if isinstance(frame, EncodedFrame):
-        return _reduce_encoded(frame, view, strip_elements)
+        return _reduce_encoded(frame, view, strip_elements, rows or frame.rows)
     pixels = checked_pixels(frame)
     mask = checked_mask(frame, pixels.shape)
     return _reduce_rows(
@@ -70,7 +80,9 @@ def reduce_frame(frame: AnyFrame, view: View, *, strip_elements: int = STRIP_ELE
     )
 
 
-def _reduce_encoded(frame: EncodedFrame, view: View, strip_elements: int) -> Reduced:
+def _reduce_encoded(
+    frame: EncodedFrame, view: View, strip_elements: int, rows: RowSource
+) -> Reduced:
     shape = frame.shape
     if frame.dtype not in (np.uint16, np.uint32) or 0 in shape:
         raise CorruptFrameError(
@@ -79,11 +91,11 @@ def _reduce_encoded(frame: EncodedFrame, view: View, strip_elements: int) -> Red
         )
     mask = checked_mask(frame, shape)
     strip_rows = max(1, strip_elements // shape[1])
-    return _reduce_rows(frame.rows, shape, frame.dtype, mask, frame, view, strip_rows)
+    return _reduce_rows(rows, shape, frame.dtype, mask, frame, view, strip_rows)
 
 
 def _reduce_rows(
-    rows: Callable[[int, int], PixelArray],
+    rows: RowSource,
     shape: tuple[int, ...],
     dtype: np.dtype,
     mask: MaskArray | None,
