@@ -25,6 +25,7 @@ import functools
 import gc
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,14 @@ from imageserver.cache.tiered import TieredCache
 from imageserver.config import DEFAULT_LIMITS, CacheSettings, LimitSettings
 from imageserver.errors import FrameRangeError, ImageServerError, RequestError
 from imageserver.formats import open_source
-from imageserver.formats.base import AnyFrame, EncodedFrame, Frame, FrameMeta, PixelArray
+from imageserver.formats.base import (
+    STRIP_ELEMENTS,
+    AnyFrame,
+    EncodedFrame,
+    Frame,
+    FrameMeta,
+    PixelArray,
+)
 from imageserver.imaging.geometry import View, plan_view
 from imageserver.imaging.reduce import RowSource
 from imageserver.memo import IdentityMemo
@@ -56,9 +64,10 @@ V = TypeVar("V")
 Decode = Callable[[Path, int], AnyFrame]
 FrameFiles = Callable[[Path, int], tuple[str, ...]]
 
-BAND_ELEMENTS = 1 << 18
+BAND_ELEMENTS = STRIP_ELEMENTS
 """Pixels per decoded band kept for zoomed views (1 MB of uint32): small enough that two
-threads share a tile's bands, large enough that a band is one bitshuffle call."""
+threads share a tile's bands, large enough that a band is one bitshuffle call; the size of
+the reduction's strips, which align with the bands, so a strip is a band and no copy."""
 IDLE_KEEP_FRACTION = 1 / 16
 """What an idle worker's memory tier keeps of its budget: its last few views, no big frames."""
 SOURCES = ("image", "memory", "shared", "frame", "file")
@@ -100,7 +109,26 @@ def entry_nbytes(value: object) -> int:
         return array_nbytes(value.pixels) + mask + _meta_nbytes(value.meta)
     if isinstance(value, EncodedFrame):
         return value.nbytes + _meta_nbytes(value.meta)
+    if isinstance(value, ReducedView):
+        reduced = value.reduced
+        arrays = array_nbytes(reduced.values) + array_nbytes(reduced.flags)
+        return arrays + object_nbytes(value.stats) + _view_meta_nbytes(value.meta)
+    if isinstance(value, RenderedReply):
+        return object_nbytes(value.image) + _view_meta_nbytes(value.meta)
     return object_nbytes(value)
+
+
+def _view_meta_nbytes(meta: dict[str, Any]) -> int:
+    """A view's meta dict: its own scalars, and the series' lists and dicts it shares with
+    every view of the series, each measured once (walking them per view cost 1–5 ms)."""
+    total = sys.getsizeof(meta)
+    for value in meta.values():
+        is_shared = isinstance(value, (list, tuple, dict, np.ndarray))
+        total += _shared_nbytes(value) if is_shared else sys.getsizeof(value)
+    return total
+
+
+_shared_nbytes: IdentityMemo[object, int] = IdentityMemo(object_nbytes, capacity=1024)
 
 
 _meta_nbytes: IdentityMemo[FrameMeta, int] = IdentityMemo(object_nbytes)

@@ -142,11 +142,12 @@ def _reduce_rows(
 def _strip_end(
     row_lo: np.ndarray, row_hi: np.ndarray, start: int, stop: int, strip_rows: int | None
 ) -> int:
-    """The end of the run of output rows from ``start`` whose boxes span ≤ ``strip_rows``
-    source rows (at least one output row, whatever its box)."""
+    """The end of the run of output rows from ``start`` whose boxes lie within one aligned
+    strip of ``strip_rows`` source rows (at least one output row, whatever its box), so that
+    a source of aligned bands (`cache.renderer`) hands out one band, uncopied."""
     if strip_rows is None:
         return stop
-    limit = row_lo[start] + strip_rows
+    limit = (row_lo[start] // strip_rows + 1) * strip_rows
     end = start + int(np.searchsorted(row_hi[start:stop], limit, side="right"))
     return max(end, start + 1)
 
