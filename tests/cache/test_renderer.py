@@ -244,10 +244,27 @@ def test_memory_stays_within_its_budget_under_a_stream_of_distinct_requests(home
 
 def test_a_bad_geometry_is_a_request_error_and_costs_one_decode(home: Path) -> None:
     cached, decode = renderer(home)
+    path = home / MARCCD_LE
     with pytest.raises(RequestError, match="xsize 20000 is above the limit"):
-        cached.jpeg(ViewSpec(master(home), xsize=20000), Look(), fn="f")
-    assert cached.jpeg(ViewSpec(master(home), xsize=64), Look(), fn="f").source == "frame"
+        cached.jpeg(ViewSpec(path, xsize=20000), Look(), fn="f")
+    assert cached.jpeg(ViewSpec(path, xsize=64), Look(), fn="f").source == "frame"
     assert decode.calls == 1
+
+
+def test_a_compressed_frame_is_kept_for_zoomed_views_only(home: Path) -> None:
+    """A whole view keeps its view, not the Eiger chunk (fresh memory per frame); the tiles
+    of a zoom keep it, and their bands, for the tiles beside them."""
+    cached, decode = renderer(home)
+    sources = [
+        cached.jpeg(ViewSpec(master(home), xsize=xsize), Look(), fn="f").source
+        for xsize in (64, 80)
+    ]
+    assert sources == ["file", "file"] and decode.calls == 2
+    tiles = [
+        cached.jpeg(ViewSpec(master(home), xsize=64, zoom=2, segcol=col), Look(), fn="f").source
+        for col in range(2)
+    ]
+    assert tiles == ["file", "frame"] and decode.calls == 3
 
 
 def write_pilatus300k_bz2(path: Path) -> Path:
@@ -341,7 +358,7 @@ def test_each_reply_names_the_file_as_its_request_did(
         )
     )
     assert json.loads(spots[2])["fn"] == names[1] and json.loads(spots[2])["spots"] > 0
-    assert decode.calls == 1
+    assert decode.calls == 2  # a new whole view reads the Eiger chunk again: not kept
 
 
 WORKER_SCRIPT = """

@@ -146,10 +146,16 @@ class MemoryCache(Generic[V]):
             if entry is not None:
                 self._nbytes -= entry[1]
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], V]) -> V:
+    def get_or_compute(
+        self,
+        key: Hashable,
+        compute: Callable[[], V],
+        keep: Callable[[V], bool] | None = None,
+    ) -> V:
         """The held value, else the result of ``compute()``, run once however many ask at once.
 
         A waiter gets the owner's error only if `is_shared_error`; else it computes itself.
+        ``keep(value)`` false: the value goes to those waiting now and is not stored.
         """
         while True:
             with self._lock:
@@ -171,14 +177,16 @@ class MemoryCache(Generic[V]):
                 self.stats.retries += 1
         try:
             value = compute()
-            size = self._size_of(value) + ENTRY_OVERHEAD_BYTES
+            is_kept = keep is None or keep(value)
+            size = self._size_of(value) + ENTRY_OVERHEAD_BYTES if is_kept else 0
         except BaseException as exc:
             flight.error = exc
             raise
         else:
             flight.value = value
-            with self._lock:
-                self._store(key, value, size)
+            if is_kept:
+                with self._lock:
+                    self._store(key, value, size)
         finally:  # whatever happened, waiters are released and the key can be computed again
             with self._lock:
                 del self._flights[key]
