@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -353,7 +353,7 @@ class CachedRenderer:
                 band_rows(index)[max(first - index * band, 0) : stop - index * band]
                 for index in range(first // band, (stop - 1) // band + 1)
             ]
-            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            return pieces[0] if len(pieces) == 1 else cast(PixelArray, np.concatenate(pieces))
 
         return rows
 

@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from zlib_ng import gzip_ng, zlib_ng
 
@@ -59,7 +59,9 @@ _DECODERS: dict[str, Callable[[BinaryIO], io.BufferedIOBase]] = {
     "bz2": lambda raw: bz2.BZ2File(raw, mode="rb"),
     "xz": lambda raw: lzma.LZMAFile(raw, mode="rb"),  # noqa: SIM115 (Unwrapped closes it)
 }
-_CODEC_ERRORS = (EOFError, zlib.error, zlib_ng.error, lzma.LZMAError, ValueError)
+INFLATE_ERROR = cast(type[Exception], zlib_ng.error)
+"""zlib-ng's error class (its stub declares an instance)."""
+_CODEC_ERRORS = (EOFError, zlib.error, INFLATE_ERROR, lzma.LZMAError, ValueError)
 _ACTIVE: ContextVar[Unwrapped | None] = ContextVar("imageserver_unwrapped", default=None)
 
 

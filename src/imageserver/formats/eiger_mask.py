@@ -22,6 +22,7 @@ from zlib_ng import zlib_ng
 
 from imageserver.errors import CorruptFrameError
 from imageserver.formats.base import MaskArray
+from imageserver.formats.compressed import INFLATE_ERROR
 
 MEMO_SIZE = 4
 """Distinct masks kept per process: the detectors a beamline's users look at."""
@@ -96,7 +97,7 @@ def _decode(
             np.not_equal(values, 0, out=mask[start : start + values.size].view(bool))
             done += whole
             carry = piece[whole:]
-    except zlib_ng.error as exc:
+    except INFLATE_ERROR as exc:
         raise CorruptFrameError(f"{path}: pixel_mask is corrupt ({exc})") from None
     if done != size or inflater.decompress(pending, 1):
         raise CorruptFrameError(f"{path}: pixel_mask inflates to {done} bytes, not {size}")
