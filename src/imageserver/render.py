@@ -115,7 +115,7 @@ def reduce_view(
     reduced = reduce_frame(frame, view, rows=rows)
     stats = view_stats(reduced, frame.meta.beam_center_x_px, frame.meta.beam_center_y_px)
     meta = {
-        **_series_meta(frame.meta),
+        **series_meta(frame.meta),
         "frame": frame.number,
         "fn": fn if fn is not None else str(spec.path),
     }
@@ -127,7 +127,7 @@ def _legacy_series_meta(meta: FrameMeta) -> dict[str, Any]:
     return legacy_meta(meta, fn="", frame=0)  # each view sets its own fn and frame
 
 
-_series_meta: IdentityMemo[FrameMeta, dict[str, Any]] = IdentityMemo(_legacy_series_meta)
+series_meta: IdentityMemo[FrameMeta, dict[str, Any]] = IdentityMemo(_legacy_series_meta)
 """Legacy meta made once for all views of a frame (0.8 ms with an Eiger series' arrays).
 Keyed by the FrameMeta, which is small: keeping a Frame would keep its pixels."""
 

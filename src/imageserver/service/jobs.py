@@ -24,11 +24,10 @@ from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import ImageServerError, MissingMetadataError, RequestError
 from imageserver.formats import read_meta
 from imageserver.formats.base import frame_range_error
-from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.encode import encode_jpeg
 from imageserver.imaging.label import add_label
-from imageserver.render import Look, ViewSpec
-from imageserver.service.meta_json import MetaJsonCache, encode_meta
+from imageserver.render import Look, ViewSpec, series_meta
+from imageserver.service.meta_json import MetaJsonCache
 from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.requests import (
     JpegRequest,
@@ -148,9 +147,8 @@ def run_meta(request: Request, _renderer: CachedRenderer, limits: LimitSettings)
     meta = read_meta(Path(request.fn), limits=limits)
     if not meta.first_frame <= request.frame <= meta.last_frame:
         raise frame_range_error(request.fn, request.frame, meta.first_frame, meta.last_frame)
-    return Success(
-        (echo_job(request), encode_meta(legacy_meta(meta, fn=request.fn, frame=request.frame)))
-    )
+    meta_json = _META_JSON.encode_frame(series_meta(meta), request.fn, request.frame)
+    return Success((echo_job(request), meta_json))
 
 
 def run_obsolete(request: Request, _renderer: CachedRenderer, _limits: LimitSettings) -> Success:
