@@ -17,7 +17,7 @@ import numpy as np
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
 from imageserver.formats import open_source
-from imageserver.formats.base import AnyFrame, FrameMeta
+from imageserver.formats.base import STRIP_ELEMENTS, AnyFrame, FrameMeta
 from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.colormaps import get_colormap
 from imageserver.imaging.contrast import Levels, choose_levels, map_contrast_planes
@@ -108,11 +108,12 @@ def reduce_view(
     fn: str | None = None,
     limits: LimitSettings = DEFAULT_LIMITS,
     rows: RowSource | None = None,
+    strip_elements: int = STRIP_ELEMENTS,
 ) -> ReducedView:
-    """Reduce one frame to the requested view at full bit depth and describe it (``rows``:
-    see `reduce_frame`)."""
+    """Reduce one frame to the requested view at full bit depth and describe it (``rows``
+    and ``strip_elements``: see `reduce_frame`)."""
     view = plan_frame_view(frame, spec, limits=limits)
-    reduced = reduce_frame(frame, view, rows=rows)
+    reduced = reduce_frame(frame, view, rows=rows, strip_elements=strip_elements)
     stats = view_stats(reduced, frame.meta.beam_center_x_px, frame.meta.beam_center_y_px)
     meta = {
         **series_meta(frame.meta),

@@ -66,10 +66,10 @@ FrameFiles = Callable[[Path, int], tuple[str, ...]]
 
 BAND_ELEMENTS = 4 * STRIP_ELEMENTS
 """Pixels per decoded band kept for zoomed views (4 MB of uint32, 252 rows of a 16M frame):
-a ×4 tile decodes 5 bands. Measured on a 16M frame here, one ×4 tile of a viewed frame /
-16 tiles of a new frame at once: 57 / 282 ms with bands of one strip, 43 / 276 with these,
-78 / 333 with 16 strips, 105 / 204 decoding the whole frame. A whole number of the
-reduction's strips, which align with the bands, so a strip never straddles two."""
+a ×4 tile decodes 5 bands, and each band is one strip of the reduction (strips align with
+bands, so none straddles two). Measured on a 16M frame here, one ×4 tile of a viewed frame
+/ 16 tiles of a new frame at once: 57 / 282 ms with bands of 63 rows, 45 / 208 with these,
+105 / 204 decoding the whole frame."""
 IDLE_KEEP_FRACTION = 1 / 16
 """What an idle worker's memory tier keeps of its budget: its last few views, no big frames."""
 SOURCES = ("image", "memory", "shared", "frame", "file")
@@ -294,10 +294,13 @@ class CachedRenderer:
 
         def reduce() -> ReducedView:
             frame, source[0] = held or self._frame(files, spec, is_zoomed=view.zoom > 1)
-            rows = None
-            if isinstance(frame, EncodedFrame) and view.zoom > 1:
-                rows = self._kept_rows(files.key(self.scope, spec.frame), frame)
-            return reduce_view(frame, spec, fn=fn, limits=self.limits, rows=rows)
+            if not (isinstance(frame, EncodedFrame) and view.zoom > 1):
+                return reduce_view(frame, spec, fn=fn, limits=self.limits)
+            rows = self._kept_rows(files.key(self.scope, spec.frame), frame)
+            # Kept bands are decoded already: a strip per band, not per cache-sized piece.
+            return reduce_view(
+                frame, spec, fn=fn, limits=self.limits, rows=rows, strip_elements=BAND_ELEMENTS
+            )
 
         # Holding the frame, a reduction costs a few ms: no need to make other processes wait.
         is_held = held is not None or files.key(self.scope, spec.frame) in self.memory
