@@ -24,6 +24,7 @@ identity (Redis tier, new workers) need root, as the tests do.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
 import shutil
@@ -58,11 +59,9 @@ from imageserver.allocator import tune_allocator
 from imageserver.cache.renderer import CachedRenderer, renderer_for_worker
 from imageserver.config import CacheSettings, WorkerSettings
 from imageserver.embedded_redis import EmbeddedRedis
-from imageserver.formats import read_meta
-from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.reduce import warm_up
 from imageserver.render import Look, ViewSpec, render_file
-from imageserver.service.meta_json import encode_meta
+from imageserver.service import jobs
 from run import machine_line
 
 BUDGET_MIB = 512
@@ -175,6 +174,9 @@ Sample = Callable[[Context, Worker, Samples, int], None]
 def sample_cold(ctx: Context, worker: Worker, samples: Samples, _index: int) -> None:
     frame, narrower = ctx.frames.take()
     samples.measure(lambda: worker.request(frame, xsize=1024 - narrower))
+    other, _ = ctx.frames.take()
+    view = ViewSpec(worker.master, frame=other, xsize=1024 - narrower)
+    samples.paired.append(_time(lambda: render_file(view, Look())))
 
 
 def sample_contrast(ctx: Context, worker: Worker, samples: Samples, index: int) -> None:
@@ -363,6 +365,7 @@ def bench_in_process(
     crowd = Crowd(WorkerSettings().threads)
     fn = str(master)
     frames = FreshFrames()
+    meta_payload = json.dumps({"type": "meta", "pid": "p", "fn": fn, "frame": 1}).encode()
 
     def spec(
         frame: int, xsize: int = 1024, zoom: float = 1, segcol: int = 0, segrow: int = 0
@@ -387,10 +390,7 @@ def bench_in_process(
         "shared": [],
         "mosaic": [],
         "three": [],
-        "meta": [
-            _time(lambda: encode_meta(legacy_meta(read_meta(master), fn=fn, frame=1)))
-            for _ in range(runs)
-        ],
+        "meta": [_time(lambda: jobs.handle(meta_payload)) for _ in range(runs)],
     }
     writer = maker.views.shared.writer if maker.views.shared else None
     for i in range(runs):
@@ -533,6 +533,29 @@ def print_table(actions: list[Action], runs: int) -> None:
             f"| {action.target.text:<42} | {verdict:<7} "
             f"| {_share(new):>12} | {_share(steady):>12} |"
         )
+        if action is cold:
+            print(_paired_row(new, steady))
+
+
+def _paired_row(new: Samples | None, steady: Samples | None) -> str:
+    """Chain ÷ in-process of the cold row, each chain sample over the in-process one right
+    after it (median of the ratios), against the 1.2× target."""
+
+    def ratio(samples: Samples | None) -> str:
+        if samples is None or not samples.paired:
+            return ""
+        pairs = zip(samples.seconds, samples.paired, strict=True)
+        return f"{statistics.median(chain / alone for chain, alone in pairs):.2f}×"
+
+    new_r, steady_r = ratio(new), ratio(steady)
+    verdict = " ".join(
+        "–" if not text else ("✓" if float(text[:-1]) <= 1.2 else "✗") for text in (new_r, steady_r)
+    )
+    name = "cold frame, chain ÷ in-process, each sample paired"
+    return (
+        f"| {name:<62} | {'':>7} | {new_r:>7} | {'':>7} | {steady_r:>7} | {'':>7} "
+        f"| {'≤ 1.2×':<42} | {verdict:<7} | {'':>12} | {'':>12} |"
+    )
 
 
 def _ms(seconds: list[float], quantile: float) -> str:

@@ -303,6 +303,9 @@ class Samples:
     system_ticks: int = 0
     is_metered: bool = True
     """False for times measured without looking at the processes."""
+    paired: list[float] = field(default_factory=list)
+    """The same work in this process right after each sample, where a row takes it: the
+    VM's speed drifts within minutes, so only a paired ratio compares the two fairly."""
 
     def measure(self, call: Callable[[], float]) -> None:
         """Run ``call`` (it returns its own time) between two looks at the processes."""
