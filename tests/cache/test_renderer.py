@@ -441,3 +441,20 @@ def test_a_workers_renderer_obeys_its_configured_limits(home: Path) -> None:
         request = {"type": kind, "pid": "p", "fn": str(master(home)), "xsize": 64}
         failed = small(json.dumps(request).encode())
         assert isinstance(failed, Failure) and failed.code == "too_large", (kind, failed)
+
+
+def test_a_workers_bands_live_in_a_tier_of_their_own_within_its_budget(home: Path) -> None:
+    """Bands are all one size: in their own tier a new band reuses an evicted one's memory."""
+    budget = 64 << 20
+    cached = renderer_for_worker(
+        {"gid": GID, "home": str(home)}, CacheSettings(memory_budget_bytes=budget)
+    )
+    assert cached.bands is not cached.memory
+    assert cached.bands.max_bytes + cached.memory.max_bytes == budget
+    assert cached.bands.max_bytes == budget * renderer_module.BAND_BUDGET_FRACTION
+    spec = ViewSpec(master(home), frame=2, xsize=64, zoom=4, segcol=1, segrow=1)
+    cached.jpeg(spec, Look(), fn="f")
+    assert cached.bands.nbytes > 0 and len(cached.bands) > 0
+    assert all(key[1] == "rows" and key[0].kind == "frame" for key in cached.bands._entries)
+    assert not any(isinstance(key, tuple) for key in cached.memory._entries)
+    assert cached.release_idle() > 0 and cached.bands.nbytes == 0

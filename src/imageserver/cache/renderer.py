@@ -70,6 +70,11 @@ a ×4 tile decodes 5 bands, and each band is one strip of the reduction (strips 
 bands, so none straddles two). Measured on a 16M frame here, one ×4 tile of a viewed frame
 / 16 tiles of a new frame at once: 57 / 282 ms with bands of 63 rows, 45 / 208 with these,
 105 / 204 decoding the whole frame."""
+BAND_BUDGET_FRACTION = 1 / 4
+"""The share of a worker's budget that holds decoded bands, in a tier of their own: bands
+are all one size, so a new one reuses the memory of the one it evicts instead of fresh
+pages (which cost a growing worker ~0.7 ms per MB here), as it would among views of every
+size in the main tier. A quarter of 512 MiB holds one 16M frame's bands and a half."""
 IDLE_KEEP_FRACTION = 1 / 16
 """What an idle worker's memory tier keeps of its budget: its last few views, no big frames."""
 SOURCES = ("image", "memory", "shared", "frame", "file")
@@ -151,11 +156,14 @@ class CachedRenderer:
         decode: Decode | None = None,
         frame_files: FrameFiles | None = None,
         limits: LimitSettings = DEFAULT_LIMITS,
+        bands: MemoryCache[Any] | None = None,
     ) -> None:
         """``limits`` are the worker's `LimitSettings`, the same its request parser used:
-        every decode, header read and view plan here obeys them."""
+        every decode, header read and view plan here obeys them. ``bands`` holds the decoded
+        rows of zoomed frames (`_kept_rows`), else ``memory`` does."""
         self.scope = scope
         self.memory = memory
+        self.bands = memory if bands is None else bands
         self.views: TieredCache[ReducedView] = TieredCache(memory, shared_views)
         self.dims: TieredCache[tuple[int, int]] = TieredCache(memory, shared_dims)
         self.limits = limits
@@ -214,6 +222,8 @@ class CachedRenderer:
         recently used entries stay. Costs ~0.3 ms per MiB returned, mostly malloc_trim.
         """
         dropped = self.memory.shrink(int(self.memory.max_bytes * keep_fraction))
+        if self.bands is not self.memory:
+            dropped += self.bands.shrink(0)
         gc.collect()  # a failed request's traceback may hold a frame in a reference cycle
         before = resident_bytes()
         release_free_memory()
@@ -344,7 +354,7 @@ class CachedRenderer:
 
         def band_rows(index: int) -> PixelArray:
             first = index * band
-            decoded: PixelArray = self.memory.get_or_compute(
+            decoded: PixelArray = self.bands.get_or_compute(
                 (frame_key, "rows", index), lambda: frame.rows(first, min(height, first + band))
             )
             return decoded
@@ -425,12 +435,14 @@ def renderer_for_worker(
         if settings.memory_budget_bytes >= 0
         else automatic_budget_bytes()
     )
+    band_budget = int(budget * BAND_BUDGET_FRACTION)
     memory: MemoryCache[Any] = MemoryCache(
-        budget, entry_nbytes, max_entry_fraction=settings.max_entry_fraction
+        budget - band_budget, entry_nbytes, max_entry_fraction=settings.max_entry_fraction
     )
+    bands: MemoryCache[Any] = MemoryCache(band_budget, entry_nbytes, max_entry_fraction=0.5)
     access = spec.get("cache")
     if not isinstance(access, dict) or not access.get("url"):
-        return CachedRenderer(scope, memory, limits=limits)
+        return CachedRenderer(scope, memory, limits=limits, bands=bands)
     link = RedisLink.connect(
         str(access["url"]),
         prefix=settings.key_prefix,
@@ -450,4 +462,5 @@ def renderer_for_worker(
             link, DimsCodec(), ttl_s=settings.ttl_s, claim_s=settings.claim_s, writer=writer
         ),
         limits=limits,
+        bands=bands,
     )
