@@ -57,3 +57,17 @@ def test_any_range_decodes_from_the_blocks_that_hold_it(n_elements: int) -> None
         for stop in edges:
             if 0 <= first <= stop <= n_elements:
                 np.testing.assert_array_equal(stream.decode(first, stop), values[first:stop])
+
+
+@pytest.mark.parametrize("n_elements", [20_000, 20_483, 26_629])  # full, partial, raw tail
+def test_a_whole_stream_decodes_in_pieces_over_threads(
+    n_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bslz4, "PARALLEL_ELEMENTS", 1000)  # the path a 16M frame takes
+    values = np.random.default_rng(n_elements).integers(0, 1000, n_elements, dtype=np.uint32)
+    stream = bslz4.Bslz4Stream.checked(stream_of(values), 0, n_elements, values.dtype, BLOCK)
+    for piece in (BLOCK, 3 * BLOCK, 1 << 18):
+        np.testing.assert_array_equal(stream.decode_all(piece), values)
+    np.testing.assert_array_equal(
+        bslz4.decompress(stream_of(values), 0, (n_elements,), values.dtype, BLOCK), values
+    )

@@ -8,7 +8,6 @@ from the top-left pixel centre at 0), distances and pixel sizes in metres, wavel
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ import numpy.typing as npt
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import CorruptFrameError, FrameRangeError, FrameTooLargeError
 from imageserver.formats.bslz4 import Bslz4Stream
-from imageserver.threads import THREADS, run_blocks
 
 PixelArray = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 MaskArray = npt.NDArray[np.uint8]
@@ -132,18 +130,12 @@ class EncodedFrame:
         return cast(PixelArray, pixels.reshape(-1, width))
 
     def decode(self) -> Frame:
-        """The whole frame, decoded in strips over the process's threads."""
-        height, width = self.shape
-        pixels = np.empty(self.shape, dtype=self.dtype)
-        step = max(1, STRIP_ELEMENTS // width)
-
-        def decode_rows(start: int, stop: int) -> None:
-            for first in range(start, stop, step):
-                last = min(stop, first + step)
-                pixels[first:last] = self.rows(first, last)
-
-        edges = np.linspace(0, height, THREADS + 1).astype(int).tolist()
-        run_blocks(decode_rows, [(a, b) for a, b in itertools.pairwise(edges) if b > a])
+        """The whole frame, decoded in pieces over the process's threads."""
+        try:
+            pixels = self.stream.decode_all().reshape(self.shape)
+        except ValueError as exc:
+            origin = self.origin or f"{self.path} frame {self.number}"
+            raise CorruptFrameError(f"{origin} is {exc}") from None
         return Frame(
             pixels=pixels, mask=self.mask, meta=self.meta, number=self.number, path=self.path
         )

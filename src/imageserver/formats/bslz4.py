@@ -21,6 +21,7 @@ own threads, and an OpenMP team per call of a piece costs more than the piece (m
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,13 @@ import numba
 import numpy as np
 
 from imageserver.jit import njit_cached
+from imageserver.threads import THREADS, run_blocks
 
+PIECE_ELEMENTS = 1 << 18
+"""Elements decoded per bitshuffle call when a whole stream is decoded: 1 MB of uint32."""
+PARALLEL_ELEMENTS = 1 << 22
+"""Streams shorter than this decode in one call (a 1024 view: 1.8 ms, against 2.6 in two
+threads' pieces); a 16M frame in pieces on two threads takes half the time of one call."""
 BLOCKED_MULT = 8
 """Block sizes are multiples of 8 elements; a shorter tail is stored uncompressed."""
 
@@ -142,6 +149,28 @@ class Bslz4Stream:
             raise ValueError(f"corrupt (bitshuffle: {exc})") from None
         return np.asarray(decoded)[first - origin : stop - origin]
 
+    def decode_all(self, piece_elements: int = PIECE_ELEMENTS) -> np.ndarray:
+        """Every element, decoded a piece at a time over the process's threads (bitshuffle's
+        own threads are off, see the module docstring) and copied out while cache-hot."""
+        if self.n_elements < PARALLEL_ELEMENTS:  # one call: cheaper than threads and a copy
+            return self.decode(0, self.n_elements)
+        blocks_per_piece = max(1, piece_elements // self.block_elements)
+        step = blocks_per_piece * self.block_elements
+        out = np.empty(self.n_elements, dtype=self.dtype)
+
+        def decode_range(start: int, stop: int) -> None:
+            for first in range(start, stop, step):
+                last = min(stop, first + step)
+                out[first:last] = self.decode(first, last)
+
+        blocks = -(-self.n_elements // self.block_elements)
+        edges = [
+            min(self.n_elements, round(blocks * k / THREADS) * self.block_elements)
+            for k in range(THREADS + 1)
+        ]
+        run_blocks(decode_range, [(a, b) for a, b in itertools.pairwise(edges) if b > a])
+        return out
+
 
 def decompress(
     buffer: bytes | memoryview,
@@ -152,9 +181,5 @@ def decompress(
 ) -> np.ndarray:
     """The stream from ``start`` decoded to ``shape``, after `check_blocks`; else ValueError
     saying why (callers turn it into their own error, with context)."""
-    check_blocks(buffer, start, math.prod(shape), dtype.itemsize, block_elements)
-    stream = np.frombuffer(buffer, dtype=np.uint8, offset=start)
-    try:
-        return np.asarray(bitshuffle.decompress_lz4(stream, shape, dtype, block_elements))
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"corrupt (bitshuffle: {exc})") from None
+    stream = Bslz4Stream.checked(buffer, start, math.prod(shape), dtype, block_elements)
+    return stream.decode_all().reshape(shape)
