@@ -125,8 +125,7 @@ class EncodedFrame:
         try:
             pixels = self.stream.decode(first * width, stop * width)
         except ValueError as exc:
-            origin = self.origin or f"{self.path} frame {self.number}"
-            raise CorruptFrameError(f"{origin} is {exc}") from None
+            raise self._corrupt(exc) from None
         return cast(PixelArray, pixels.reshape(-1, width))
 
     def decode(self) -> Frame:
@@ -134,11 +133,14 @@ class EncodedFrame:
         try:
             pixels = self.stream.decode_all().reshape(self.shape)
         except ValueError as exc:
-            origin = self.origin or f"{self.path} frame {self.number}"
-            raise CorruptFrameError(f"{origin} is {exc}") from None
+            raise self._corrupt(exc) from None
         return Frame(
             pixels=pixels, mask=self.mask, meta=self.meta, number=self.number, path=self.path
         )
+
+    def _corrupt(self, exc: ValueError) -> CorruptFrameError:
+        """bitshuffle's complaint about a block, said of where the stream came from."""
+        return CorruptFrameError(f"{self.origin or f'{self.path} frame {self.number}'} is {exc}")
 
 
 AnyFrame = Frame | EncodedFrame

@@ -41,13 +41,6 @@ BLOCKED_MULT = 8
 """Block sizes are multiples of 8 elements; a shorter tail is stored uncompressed."""
 
 
-def check_blocks(
-    buffer: bytes | memoryview, start: int, n_elements: int, itemsize: int, block_elements: int
-) -> None:
-    """Walk the block lengths from ``start``; ValueError unless they fill the buffer exactly."""
-    block_offsets(buffer, start, n_elements, itemsize, block_elements)
-
-
 def block_offsets(
     buffer: bytes | memoryview, start: int, n_elements: int, itemsize: int, block_elements: int
 ) -> np.ndarray:
@@ -179,7 +172,7 @@ def decompress(
     dtype: np.dtype,
     block_elements: int,
 ) -> np.ndarray:
-    """The stream from ``start`` decoded to ``shape``, after `check_blocks`; else ValueError
+    """The stream from ``start`` decoded to ``shape``, after `block_offsets`; else ValueError
     saying why (callers turn it into their own error, with context)."""
     stream = Bslz4Stream.checked(buffer, start, math.prod(shape), dtype, block_elements)
     return stream.decode_all().reshape(shape)

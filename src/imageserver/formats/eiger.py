@@ -269,53 +269,43 @@ class EigerReader:
                 raise CorruptFrameError(f"{data_path}: no 3-D image stack at {dataset_name}")
             return _segment(item, data_path, data_key, next_first, limits)
 
+    @contextmanager
+    def _frame_dataset(
+        self, segment: _Segment, data_key: FileKey, number: int
+    ) -> Iterator[tuple[h5py.Dataset, int]]:
+        """The open dataset holding frame ``number`` and its index there, errors translated."""
+        index = number - segment.first
+        with (
+            _translated(segment.path, f"read frame {number}"),
+            self._handles.open(segment.path, data_key) as f,
+        ):
+            dataset = f[segment.dataset_name]
+            if index >= dataset.shape[0]:
+                raise CorruptFrameError(
+                    f"{segment.path}: frame {number} should be at index {index} but the "
+                    f"dataset holds only {dataset.shape[0]} frames"
+                )
+            yield dataset, index
+
     def _read_stream(
         self, segment: _Segment, data_key: FileKey, number: int
     ) -> tuple[bslz4.Bslz4Stream, str] | None:
         """Frame ``number``'s chunk, checked but not decoded, and where it was read; None if
         it was stored unfiltered."""
-        index = number - segment.first
-        with (
-            _translated(segment.path, f"read frame {number}"),
-            self._handles.open(segment.path, data_key) as f,
-        ):
-            dataset = f[segment.dataset_name]
-            _check_index(dataset, index, number, segment.path)
+        with self._frame_dataset(segment, data_key, number) as (dataset, index):
             filter_mask, chunk = dataset.id.read_direct_chunk((index, 0, 0))
         if filter_mask & 1:
             return None
-        n_elements = math.prod(segment.frame_shape)
-        dtype = segment.stored_dtype
         where = f"{segment.path}: chunk at {(index, 0, 0)}"
-        block_elements = _chunk_block_elements(chunk, n_elements, dtype.itemsize, where)
-        try:
-            stream = bslz4.Bslz4Stream.checked(
-                chunk, _CHUNK_HEADER.size, n_elements, dtype, block_elements
-            )
-        except ValueError as exc:
-            raise CorruptFrameError(f"{where} is {exc}") from None
-        return stream, where
+        n_elements = math.prod(segment.frame_shape)
+        return _chunk_stream(chunk, n_elements, segment.stored_dtype, where), where
 
     def _read_stored(self, segment: _Segment, data_key: FileKey, number: int) -> np.ndarray:
         """Frame ``number`` in its stored dtype; decoding runs outside h5py's lock."""
-        index = number - segment.first
-        with (
-            _translated(segment.path, f"read frame {number}"),
-            self._handles.open(segment.path, data_key) as f,
-        ):
-            dataset = f[segment.dataset_name]
-            _check_index(dataset, index, number, segment.path)
+        with self._frame_dataset(segment, data_key, number) as (dataset, index):
             if segment.bslz4_chunks is not None:
                 return _read_bslz4_frame(dataset, index, segment.bslz4_chunks, segment.path)
             return dataset[index]
-
-
-def _check_index(dataset: h5py.Dataset, index: int, number: int, path: str) -> None:
-    if index >= dataset.shape[0]:
-        raise CorruptFrameError(
-            f"{path}: frame {number} should be at index {index} but the "
-            f"dataset holds only {dataset.shape[0]} frames"
-        )
 
 
 def _is_streamable(segment: _Segment, layout: _Layout) -> bool:
@@ -445,9 +435,20 @@ def _decode_chunk(
             raise CorruptFrameError(f"{path}: an unfiltered chunk at {offset} has a wrong size")
         return np.frombuffer(chunk, dtype=dtype).reshape(chunks).copy()
     where = f"{path}: chunk at {offset}"
+    stream = _chunk_stream(chunk, n_elements, dtype, where)
+    try:
+        return stream.decode_all().reshape(chunks)
+    except ValueError as exc:
+        raise CorruptFrameError(f"{where} is {exc}") from None
+
+
+def _chunk_stream(chunk: bytes, n_elements: int, dtype: np.dtype, where: str) -> bslz4.Bslz4Stream:
+    """A bitshuffle-LZ4 chunk checked (header, then every block length), not yet decoded."""
     block_elements = _chunk_block_elements(chunk, n_elements, dtype.itemsize, where)
     try:
-        return bslz4.decompress(chunk, _CHUNK_HEADER.size, chunks, dtype, block_elements)
+        return bslz4.Bslz4Stream.checked(
+            chunk, _CHUNK_HEADER.size, n_elements, dtype, block_elements
+        )
     except ValueError as exc:
         raise CorruptFrameError(f"{where} is {exc}") from None
 

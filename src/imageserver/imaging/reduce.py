@@ -84,11 +84,7 @@ def _reduce_encoded(
     frame: EncodedFrame, view: View, strip_elements: int, rows: RowSource
 ) -> Reduced:
     shape = frame.shape
-    if frame.dtype not in (np.uint16, np.uint32) or 0 in shape:
-        raise CorruptFrameError(
-            f"{frame.path} frame {frame.number}: pixels are {frame.dtype} {shape},"
-            " expected a non-empty 2-D uint16 or uint32 image"
-        )
+    _check_pixel_layout(frame, frame.dtype, shape)
     mask = checked_mask(frame, shape)
     strip_rows = max(1, strip_elements // shape[1])
     return _reduce_rows(rows, shape, frame.dtype, mask, frame, view, strip_rows)
@@ -170,12 +166,16 @@ def first_counted_rows(bounds: BoxBounds) -> npt.NDArray[np.int64]:
 
 def checked_pixels(frame: Frame) -> PixelArray:
     pixels = frame.pixels
-    if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.uint32) or 0 in pixels.shape:
+    _check_pixel_layout(frame, pixels.dtype, pixels.shape)
+    return cast(PixelArray, np.ascontiguousarray(pixels))
+
+
+def _check_pixel_layout(frame: AnyFrame, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    if len(shape) != 2 or dtype not in (np.uint16, np.uint32) or 0 in shape:
         raise CorruptFrameError(
-            f"{frame.path} frame {frame.number}: pixels are {pixels.dtype} {pixels.shape},"
+            f"{frame.path} frame {frame.number}: pixels are {dtype} {shape},"
             " expected a non-empty 2-D uint16 or uint32 image"
         )
-    return cast(PixelArray, np.ascontiguousarray(pixels))
 
 
 def checked_mask(frame: AnyFrame, shape: tuple[int, ...]) -> MaskArray | None:

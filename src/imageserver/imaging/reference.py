@@ -123,14 +123,8 @@ def view_stats_reference(
         int(np.count_nonzero(values[usable & (shell == s)] - m.mean > SPOT_SENSITIVITY * m.rms))
         for s, m in enumerate(shells)
     )
-    overall = moments(values[usable])
-    return ViewStats(
-        n=overall.n,
-        mean=overall.mean,
-        stddev=overall.stddev,
-        rms=overall.rms,
-        min=overall.min,
-        max=overall.max,
+    return ViewStats.from_overall(
+        moments(values[usable]),
         saturated=reduced.saturated_source_px,
         spots=spots if has_beam else None,
         shells=tuple(shells) if has_beam else (),
