@@ -3,6 +3,7 @@ real sockets, and (as root) real Unix users and ESAF groups owning real files.""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -10,9 +11,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from redis_process import RedisServer
 
 from imageserver.local_service import LocalService
 
@@ -148,3 +152,40 @@ def place_file(source: Path, target: Path, *, gid: int, mode: int = 0o640) -> Pa
 
 def login_name() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+@dataclass
+class Ground:
+    """What a module's chain tests stand on: accounts to add to, a data directory, a Redis."""
+
+    accounts: Accounts
+    data: Path
+    redis: RedisServer
+
+
+@contextlib.contextmanager
+def ground(redis_dir: Path, *, password: str | None = None) -> Iterator[Ground]:
+    """A started Redis, a world-readable data directory and an empty `Accounts`; all of it
+    (and every account and group added) removed afterwards."""
+    accounts = Accounts()
+    data = world_readable_dir()
+    redis = RedisServer(redis_dir, password=password)
+    redis.start()
+    try:
+        yield Ground(accounts, data, redis)
+    finally:
+        redis.stop()
+        accounts.remove_all()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_chain(redis_url: str, **options: Any) -> Iterator[Chain]:
+    """A started `Chain` (options as its constructor's), stopped and removed afterwards."""
+    chain = Chain(world_readable_dir(), redis_url, **options)
+    try:
+        chain.start()
+        yield chain
+    finally:
+        chain.stop()
+        shutil.rmtree(chain.directory, ignore_errors=True)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain import IS_ROOT, Accounts, Chain, place_file, wait_for, world_readable_dir
+from chain import IS_ROOT, Chain, ground, place_file, running_chain, wait_for
 from redis_process import RedisServer
 
 from imageserver.sampledata.dataset import PILATUS_CBF
@@ -40,26 +39,16 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    accounts = Accounts()
-    data = world_readable_dir()
-    redis = RedisServer(tmp_path_factory.mktemp("redis"))
-    redis.start()
-    chain = Chain(world_readable_dir(), redis.url)
-    try:
+    with ground(tmp_path_factory.mktemp("redis")) as base:
         user = f"isau{os.urandom(3).hex()}"
-        accounts.add_user(user)
-        gid = accounts.add_esaf_group(ESAF)
-        accounts.add_esaf_group(OTHER_ESAF)
+        base.accounts.add_user(user)
+        gid = base.accounts.add_esaf_group(ESAF)
+        base.accounts.add_esaf_group(OTHER_ESAF)
+        data = base.data
         cbf = place_file(sample_dir / PILATUS_CBF, data / PILATUS_CBF, gid=gid)
         secret = place_file(sample_dir / PILATUS_CBF, data / "secret_0001.cbf", gid=0, mode=0o600)
-        chain.start()
-        yield Site(chain, redis, user, cbf, secret)
-    finally:
-        chain.stop()
-        redis.stop()
-        accounts.remove_all()
-        shutil.rmtree(data, ignore_errors=True)
-        shutil.rmtree(chain.directory, ignore_errors=True)
+        with running_chain(base.redis.url) as chain:
+            yield Site(chain, base.redis, user, cbf, secret)
 
 
 def view(token: str, path: Path, esaf: int = ESAF) -> dict[str, object]:

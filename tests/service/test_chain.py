@@ -22,8 +22,8 @@ import simplejpeg
 import zmq
 from chain import (
     IS_ROOT,
-    Accounts,
     Chain,
+    ground,
     login_name,
     place_file,
     proc_status,
@@ -61,12 +61,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    accounts = Accounts()
-    data = world_readable_dir()
-    redis = RedisServer(tmp_path_factory.mktemp("redis"))
-    redis.start()
-    chain = Chain(world_readable_dir(), redis.url)
-    try:
+    with ground(tmp_path_factory.mktemp("redis")) as base:
+        accounts, data, redis = base.accounts, base.data, base.redis
         if IS_ROOT:
             suffix = os.urandom(3).hex()
             user_a, user_b = f"ista{suffix}", f"istb{suffix}"
@@ -85,6 +81,7 @@ def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             directory.chmod(0o750)
         for path in sample_dir.glob(f"{EIGER16M_STEM}_*.h5"):
             place_file(path, data / "a" / path.name, gid=gid_a)
+        chain = Chain(world_readable_dir(), redis.url)
         world = World(
             chain=chain,
             redis=redis,
@@ -98,14 +95,12 @@ def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             cbf_a=place_file(sample_dir / PILATUS_CBF, data / "a" / PILATUS_CBF, gid=gid_a),
             cbf_b=place_file(sample_dir / PILATUS_CBF, data / "b" / PILATUS_CBF, gid=gid_b),
         )
-        chain.start()
-        yield world
-    finally:
-        chain.stop()
-        redis.stop()
-        accounts.remove_all()
-        shutil.rmtree(data, ignore_errors=True)
-        shutil.rmtree(chain.directory, ignore_errors=True)
+        try:
+            chain.start()
+            yield world
+        finally:
+            chain.stop()
+            shutil.rmtree(chain.directory, ignore_errors=True)
 
 
 def jpeg_request(world: World, pid: str, **fields: object) -> dict[str, object]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -21,15 +20,15 @@ import numpy as np
 import pytest
 from chain import (
     IS_ROOT,
-    Accounts,
     Chain,
     children_of,
+    ground,
     is_alive,
     place_file,
     proc_gid,
     proc_status,
+    running_chain,
     wait_for,
-    world_readable_dir,
 )
 from redis_process import RedisServer
 
@@ -53,12 +52,9 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    accounts = Accounts()
-    data = world_readable_dir()
     admin_password = f"admin-{os.urandom(12).hex()}"
-    redis = RedisServer(tmp_path_factory.mktemp("redis"), password=admin_password)
-    redis.start()
-    try:
+    with ground(tmp_path_factory.mktemp("redis"), password=admin_password) as base:
+        accounts, data, redis = base.accounts, base.data, base.redis
         suffix = os.urandom(3).hex()
         users = (f"isia{suffix}", f"isib{suffix}")
         for user in users:
@@ -71,21 +67,12 @@ def site(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         for name in ("a", "b"):
             (data / name).chmod(0o755)
         yield Site(redis, admin_password, users, gids, (cbfs[0], cbfs[1]))
-    finally:
-        redis.stop()
-        accounts.remove_all()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture
 def chain(site: Site) -> Iterator[Chain]:
-    running = Chain(world_readable_dir(), site.redis.url, deadline_s=20.0)
-    running.start()
-    try:
+    with running_chain(site.redis.url, deadline_s=20.0) as running:
         yield running
-    finally:
-        running.stop()
-        shutil.rmtree(running.directory, ignore_errors=True)
 
 
 def serve_both(chain: Chain, site: Site) -> tuple[str, str]:

@@ -30,11 +30,12 @@ from chain import (
     IS_ROOT,
     Accounts,
     Chain,
+    ground,
     is_alive,
     place_file,
     proc_gid,
+    running_chain,
     wait_for,
-    world_readable_dir,
 )
 from hung_fs import HungMount
 from redis_process import RedisServer
@@ -59,31 +60,16 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    accounts = Accounts()
-    data = world_readable_dir()
-    redis = RedisServer(tmp_path_factory.mktemp("redis"))
-    redis.start()
-    try:
+    with ground(tmp_path_factory.mktemp("redis")) as base:
         user = f"isld{os.urandom(3).hex()}"
-        accounts.add_user(user)
-        gid = accounts.add_esaf_group(ESAF)
-        cbf = place_file(sample_dir / PILATUS_CBF, data / PILATUS_CBF, gid=gid)
-        yield Site(redis, user, gid, data, cbf, accounts)
-    finally:
-        redis.stop()
-        accounts.remove_all()
-        shutil.rmtree(data, ignore_errors=True)
+        base.accounts.add_user(user)
+        gid = base.accounts.add_esaf_group(ESAF)
+        cbf = place_file(sample_dir / PILATUS_CBF, base.data / PILATUS_CBF, gid=gid)
+        yield Site(base.redis, user, gid, base.data, cbf, base.accounts)
 
 
-@contextlib.contextmanager
-def running(site: Site, **chain_options: Any) -> Iterator[Chain]:
-    chain = Chain(world_readable_dir(), site.redis.url, **chain_options)
-    chain.start()
-    try:
-        yield chain
-    finally:
-        chain.stop()
-        shutil.rmtree(chain.directory, ignore_errors=True)
+def running(site: Site, **chain_options: Any) -> contextlib.AbstractContextManager[Chain]:
+    return running_chain(site.redis.url, **chain_options)
 
 
 class Dealer:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from chain import (
     IS_ROOT,
-    Accounts,
     Chain,
+    ground,
     login_name,
     place_file,
     proc_gid,
@@ -42,11 +42,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    accounts = Accounts()
-    data = world_readable_dir()
-    redis = RedisServer(tmp_path_factory.mktemp("redis"))
-    redis.start()
-    try:
+    with ground(tmp_path_factory.mktemp("redis")) as base:
+        accounts, data, redis = base.accounts, base.data, base.redis
         if IS_ROOT:
             user, esafs = f"islc{os.urandom(3).hex()}", list(ESAFS)
             accounts.add_user(user)
@@ -56,10 +53,6 @@ def site(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             user, esafs = login_name(), [0]
         cbf = place_file(sample_dir / PILATUS_CBF, data / PILATUS_CBF, gid=os.getgid(), mode=0o644)
         yield Site(redis, user, esafs, cbf)
-    finally:
-        redis.stop()
-        accounts.remove_all()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 class Workers:
