@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -27,8 +26,8 @@ from chain import (
     login_name,
     place_file,
     proc_status,
+    running_chain,
     wait_for,
-    world_readable_dir,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -81,26 +80,22 @@ def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             directory.chmod(0o750)
         for path in sample_dir.glob(f"{EIGER16M_STEM}_*.h5"):
             place_file(path, data / "a" / path.name, gid=gid_a)
-        chain = Chain(world_readable_dir(), redis.url)
-        world = World(
-            chain=chain,
-            redis=redis,
-            user_a=user_a,
-            user_b=user_b,
-            esaf_a=esaf_a,
-            esaf_b=esaf_b,
-            gid_a=gid_a,
-            gid_b=gid_b,
-            master_a=data / "a" / f"{EIGER16M_STEM}_master.h5",
-            cbf_a=place_file(sample_dir / PILATUS_CBF, data / "a" / PILATUS_CBF, gid=gid_a),
-            cbf_b=place_file(sample_dir / PILATUS_CBF, data / "b" / PILATUS_CBF, gid=gid_b),
-        )
-        try:
-            chain.start()
-            yield world
-        finally:
-            chain.stop()
-            shutil.rmtree(chain.directory, ignore_errors=True)
+        cbf_a = place_file(sample_dir / PILATUS_CBF, data / "a" / PILATUS_CBF, gid=gid_a)
+        cbf_b = place_file(sample_dir / PILATUS_CBF, data / "b" / PILATUS_CBF, gid=gid_b)
+        with running_chain(redis.url) as chain:
+            yield World(
+                chain=chain,
+                redis=redis,
+                user_a=user_a,
+                user_b=user_b,
+                esaf_a=esaf_a,
+                esaf_b=esaf_b,
+                gid_a=gid_a,
+                gid_b=gid_b,
+                master_a=data / "a" / f"{EIGER16M_STEM}_master.h5",
+                cbf_a=cbf_a,
+                cbf_b=cbf_b,
+            )
 
 
 def jpeg_request(world: World, pid: str, **fields: object) -> dict[str, object]:
