@@ -341,13 +341,13 @@ class CachedRenderer:
         return frame, source[0]
 
     def _kept_rows(self, frame_key: CacheKey, frame: EncodedFrame) -> RowSource:
-        """Rows of ``frame`` from decoded bands kept in the memory tier, for zoomed views.
+        """Rows of ``frame`` from decoded bands kept in the band tier, for zoomed views.
 
         The tiles of a zoomed frame come together and each shows a quarter (or less) of the
         rows across part of the width: decoding only the blocks of its rows, each tile would
         decode its band of rows again for every tile beside it. Bands of `BAND_ELEMENTS`
-        are decoded once, by whichever tile asks first, and kept like any entry; a whole
-        view (zoom 1) decodes strips that it does not keep.
+        are decoded once, by whichever tile asks first, and kept in ``bands``; a whole view
+        (zoom 1) decodes strips that it does not keep.
         """
         height, width = frame.shape
         band = max(1, BAND_ELEMENTS // width)
