@@ -97,13 +97,18 @@ class MetaRequest(BaseRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class WhoamiRequest(BaseRequest):
+    """Who the session is: answered by the manager after the session check."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ObsoleteRequest(BaseRequest):
     """One of the four rsync-era types; its handler answers "Obsolete job type '<t>'"."""
 
     type_name: str
 
 
-Request = JpegRequest | SpotsRequest | MetaRequest | ObsoleteRequest
+Request = JpegRequest | SpotsRequest | MetaRequest | WhoamiRequest | ObsoleteRequest
 
 
 def parse_request(payload: bytes, limits: LimitSettings | None = None) -> Request:
@@ -203,10 +208,15 @@ def _build_meta(reader: _FieldReader, common: dict[str, Any]) -> MetaRequest:
     return MetaRequest(fn=_required_path(reader, "meta"), frame=_frame(reader), **common)
 
 
+def _build_whoami(_reader: _FieldReader, common: dict[str, Any]) -> WhoamiRequest:
+    return WhoamiRequest(**common)
+
+
 _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "jpeg": _build_jpeg,
     "spots": _build_spots,
     "meta": _build_meta,
+    "whoami": _build_whoami,
 }
 
 
