@@ -9,6 +9,9 @@ sizes and zooms are refused instead of producing a blank image, and so are NaN, 
 lone surrogates, duplicate keys and nesting deeper than 64, so every accepted job can be
 echoed back as valid JSON. The ``index`` type (RAPD autoindexing) is not supported.
 
+Added to the legacy set (docs/http-api.md): jpeg's ``format`` and ``levels``, and the
+``list`` and ``latest`` requests on a directory.
+
 The session token (``pid``) never appears in an error text or a repr; logs use
 ``token_hash(pid)``. It does appear in a successful reply's job echo: the client sent it and
 the web tier expects its whole request back (legacy §1.4), and that reply goes only to the
@@ -37,6 +40,10 @@ MAX_NESTING = 64
 MAX_TYPE_LENGTH = 64
 MIN_XSIZE_PX = MIN_SIZE_PX
 SPOTS_DEFAULT_XSIZE_PX = 384
+IMAGE_FORMATS = ("jpeg", "png", "raw")
+"""A jpeg request's ``format``: the encoded image, or the reduced view's values and flags."""
+LEVEL_MODES = ("legacy", "percentile")
+"""A jpeg request's ``levels``: how automatic levels are chosen (`imaging.contrast`)."""
 OBSOLETE_TYPES = frozenset(
     {"rsync_host_test", "rsync_connection_test", "local_dir_stats", "rsync_transfer"}
 )
@@ -81,6 +88,9 @@ class JpegRequest(BaseRequest):
     quality: int = 90
     colormap: str = "grey"
     chroma: str = "420"
+    image_format: str = "jpeg"
+    """The wire's ``format``: one of `IMAGE_FORMATS`."""
+    levels: str = "legacy"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,13 +112,35 @@ class WhoamiRequest(BaseRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ListRequest(BaseRequest):
+    """The datasets and subdirectories of ``dir``, read by the user's worker."""
+
+    dir: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatestRequest(BaseRequest):
+    """The most recently written dataset of ``dir`` and its newest frame."""
+
+    dir: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ObsoleteRequest(BaseRequest):
     """One of the four rsync-era types; its handler answers "Obsolete job type '<t>'"."""
 
     type_name: str
 
 
-Request = JpegRequest | SpotsRequest | MetaRequest | WhoamiRequest | ObsoleteRequest
+Request = (
+    JpegRequest
+    | SpotsRequest
+    | MetaRequest
+    | ListRequest
+    | LatestRequest
+    | WhoamiRequest
+    | ObsoleteRequest
+)
 
 
 def parse_request(payload: bytes, limits: LimitSettings | None = None) -> Request:
@@ -177,6 +209,8 @@ def _build_jpeg(reader: _FieldReader, common: dict[str, Any]) -> JpegRequest:
         choices = ", ".join(JPEG_CHROMA)
         raise RequestError(f"field 'chroma' must be one of {choices}, not {chroma!r}")
     return JpegRequest(
+        image_format=_choice(reader, "format", IMAGE_FORMATS),
+        levels=_choice(reader, "levels", LEVEL_MODES),
         fn=reader.path("fn"),
         frame=_frame(reader),
         xsize=_size(reader, "xsize", MIN_XSIZE_PX),
@@ -212,11 +246,21 @@ def _build_whoami(_reader: _FieldReader, common: dict[str, Any]) -> WhoamiReques
     return WhoamiRequest(**common)
 
 
+def _build_list(reader: _FieldReader, common: dict[str, Any]) -> ListRequest:
+    return ListRequest(dir=_required_dir(reader, "list"), **common)
+
+
+def _build_latest(reader: _FieldReader, common: dict[str, Any]) -> LatestRequest:
+    return LatestRequest(dir=_required_dir(reader, "latest"), **common)
+
+
 _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "jpeg": _build_jpeg,
     "spots": _build_spots,
     "meta": _build_meta,
     "whoami": _build_whoami,
+    "list": _build_list,
+    "latest": _build_latest,
 }
 
 
@@ -225,6 +269,21 @@ def _required_path(reader: _FieldReader, kind: str) -> str:
     if not fn:
         raise RequestError(f"Missing filename (fn) for a {kind} request")
     return fn
+
+
+def _required_dir(reader: _FieldReader, kind: str) -> str:
+    directory = reader.path("dir")
+    if not directory:
+        raise RequestError(f"Missing directory (dir) for a {kind} request")
+    return directory
+
+
+def _choice(reader: _FieldReader, name: str, choices: tuple[str, ...]) -> str:
+    """A string field with a fixed set of values; the first is the default."""
+    value = reader.string(name, choices[0])
+    if value not in choices:
+        raise RequestError(f"field '{name}' must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _frame(reader: _FieldReader) -> int:
