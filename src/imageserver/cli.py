@@ -113,6 +113,11 @@ def _add_service_commands(sub: Any) -> None:
     proxy.add_argument("--back", action="append", help="server endpoint (repeatable)")
     proxy.set_defaults(command=run_proxy_command)
 
+    web = sub.add_parser("web", help="run the HTTP gateway and browser viewer (a proxy client)")
+    web.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    web.add_argument("--listen", default=None, help="HOST:PORT (default [web] listen)")
+    web.set_defaults(command=run_web)
+
     request = sub.add_parser("request", help="send one legacy JSON request and save the reply")
     request.add_argument("json", help='the request, e.g. \'{"type":"jpeg","pid":"…","fn":"…"}\'')
     request.add_argument("--endpoint", default=None, help="proxy front (default from config)")
@@ -237,6 +242,17 @@ def run_proxy_command(args: argparse.Namespace) -> int:
     run_proxy(
         args.front or [settings.proxy.front_endpoint], args.back or [settings.proxy.back_endpoint]
     )
+    return 0
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from imageserver.web.server import run_gateway  # the web stack only where it is used
+
+    settings = load_settings(args.config)
+    if args.listen:
+        settings = replace(settings, web=replace(settings.web, listen=args.listen))
+    configure_logging(settings.logging.level)
+    run_gateway(settings)
     return 0
 
 

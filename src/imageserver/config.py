@@ -200,8 +200,11 @@ class LimitSettings:
     file or an HDF5 chunk larger, is refused before it is held."""
     max_frame_pixels: int = 64 << 20
     """Width × height a header may declare (an Eiger2 16M frame is 18 M pixels)."""
+    max_list_entries: int = 10000
+    """Entries a directory listing reads; beyond them the listing says it is truncated."""
 
     def __post_init__(self) -> None:
+        _require(self.max_list_entries >= 1, self.SECTION, "max_list_entries", "must be ≥ 1")
         _require(self.max_xsize_px >= 8, self.SECTION, "max_xsize_px", "must be ≥ 8")
         _require(self.max_zoom >= 1, self.SECTION, "max_zoom", "must be ≥ 1")
         _require(self.max_label_height_px >= 0, self.SECTION, "max_label_height_px", "must be ≥ 0")
@@ -212,6 +215,34 @@ class LimitSettings:
 
 
 DEFAULT_LIMITS = LimitSettings()
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The HTTP gateway (`imageserver web`): a client of the proxy's front endpoint."""
+
+    SECTION: ClassVar[str] = "web"
+    listen: str = "127.0.0.1:8080"
+    https: bool = False
+    """Behind an https reverse proxy: session cookies are marked Secure."""
+    session_concurrency: int = 8
+    """Requests of one session in the chain at once; more wait their turn."""
+    session_queue: int = 64
+    """Requests of one session waiting for a turn; beyond it the answer is 503 busy."""
+    request_timeout_s: float = 35.0
+    """How long the gateway waits for the chain's reply (the chain's own deadline is shorter)."""
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        _require(
+            bool(host) and port.isdigit() and 0 < int(port) < 65536,
+            self.SECTION,
+            "listen",
+            f"must be HOST:PORT, not {self.listen!r}",
+        )
+        for key in ("session_concurrency", "session_queue"):
+            _require(getattr(self, key) >= 1, self.SECTION, key, "must be ≥ 1")
+        _require(self.request_timeout_s > 0, self.SECTION, "request_timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -240,6 +271,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
 
 def load_settings(path: Path | None = None) -> Settings:

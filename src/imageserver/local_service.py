@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,31 @@ class _ReadinessSocket:
 
 
 class LocalService:
-    """proxy + manager subprocesses configured in ``directory``; sessions signed here.
+    """proxy + manager (+ HTTP gateway) subprocesses configured in ``directory``; sessions
+    signed here.
 
     ``extra_config`` is appended to the generated TOML (e.g. a ``[workers]`` table); the
-    endpoints are ipc sockets inside ``directory``.
+    endpoints are ipc sockets inside ``directory``. ``web_port`` starts the gateway on
+    127.0.0.1 at that port (0: a free one).
     """
 
-    def __init__(self, directory: Path, redis_url: str, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        redis_url: str,
+        extra_config: str = "",
+        *,
+        web_port: int | None = None,
+        web_host: str = "127.0.0.1",
+    ) -> None:
         self.directory = directory
+        self.web_url: str | None = None
+        web_config = ""
+        if web_port is not None:
+            port = web_port or _free_port(web_host)
+            self.web_url = f"http://{web_host}:{port}"
+            web_config = f'[web]\nlisten = "{web_host}:{port}"\n'
+        self.roles = ("proxy", "serve", "web") if web_port is not None else ("proxy", "serve")
         self.front = f"ipc://{directory}/front.sock"
         self.back = f"ipc://{directory}/back.sock"
         keys = directory / "keys"
@@ -82,7 +100,7 @@ class LocalService:
             f'redis_url = "{redis_url}"\nredis_timeout_s = 0.5\n'
             f'public_key_path = "{keys / "session.pub.pem"}"\n'
             "[cache]\n"
-            f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n' + extra_config
+            f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n' + web_config + extra_config
         )
         self.settings: Settings = load_settings(self.config)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -91,7 +109,7 @@ class LocalService:
     def start(self) -> LocalService:
         """Start both processes and return once each has said READY=1, as systemd would see."""
         with _ReadinessSocket(self.directory / "notify.sock") as readiness:
-            for role in ("proxy", "serve"):
+            for role in self.roles:
                 with (self.directory / f"{role}.log").open("ab") as log:
                     self.processes[role] = subprocess.Popen(
                         [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
@@ -152,3 +170,16 @@ class LocalService:
 
     def manager_pid(self) -> int:
         return self.processes["serve"].pid
+
+    def login_url(self, pid: str, next_path: str = "/") -> str:
+        """The link that logs a browser in to the gateway with this session."""
+        if self.web_url is None:
+            raise LocalServiceError("the gateway was not started (web_port)")
+        query = urllib.parse.urlencode({"session": pid, "next": next_path})
+        return f"{self.web_url}/login?{query}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])

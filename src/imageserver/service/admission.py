@@ -2,11 +2,14 @@
 
 Runs in the manager's session-check threads. It never raises for a bad request: the outcome
 is an `Admission` holding either the identity or the error, plus what the audit log needs
-(type, login, ESAF, the token's short hash, file) and the request type's deadline.
+(type, login, ESAF, the token's short hash, file) and the request type's deadline. A
+`whoami` is answered here, from the checked session: a worker never holds the session's list
+of ESAFs.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,7 +17,8 @@ from imageserver.config import Settings
 from imageserver.errors import AccessDeniedError, ImageServerError
 from imageserver.service.auth import SessionVerifier
 from imageserver.service.identity import Identity, resolve_identity
-from imageserver.service.requests import parse_request
+from imageserver.service.reply import Reply, Success
+from imageserver.service.requests import WhoamiRequest, echo_job, parse_request
 
 LONG_REQUEST_TYPES = frozenset({"index"})
 """Request types that run long by nature and get ``long_request_deadline_s``."""
@@ -37,6 +41,8 @@ class Admission:
     failure: ImageServerError | None
     info: RequestInfo
     deadline_s: float | None = None
+    answer: Reply | None = None
+    """The reply itself, for requests the manager answers without a worker."""
 
     @classmethod
     def refused(cls, failure: ImageServerError, info: RequestInfo | None = None) -> Admission:
@@ -60,6 +66,10 @@ def make_admit(settings: Settings, verifier: SessionVerifier) -> Callable[[bytes
         try:
             session = verifier.authenticate(request.pid, request.esaf)
             login = session.login
+            if isinstance(request, WhoamiRequest):
+                who = {"login": session.login, "esafs": sorted(session.allowed_esafs)}
+                answer = Success((echo_job(request), json.dumps(who).encode()))
+                return Admission(None, None, _with_login(info, login), answer=answer)
             identity = resolve_identity(session.login, request.esaf, settings)
         except ImageServerError as exc:
             if isinstance(exc, AccessDeniedError) and exc.login:

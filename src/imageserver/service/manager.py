@@ -42,7 +42,7 @@ from imageserver.service.identity import Identity
 from imageserver.service.reply import Failure, Reply
 from imageserver.service.systemd import notify
 from imageserver.service.zygote import ZygoteClient, ZygoteEvent
-from imageserver.transports.frames import legacy_frames, split_request
+from imageserver.transports.frames import reply_frames, split_request
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Pending:
     deadline: float
     info: RequestInfo | None = None
     worker: WorkerSlot | None = None
+    typed: bool = False
 
 
 class Manager:
@@ -208,7 +209,11 @@ class Manager:
             request_id = next(self._ids).to_bytes(8, "big")
             now = time.monotonic()
             self._pending[request_id] = Pending(
-                incoming.envelope, incoming.payload, now, now + self._limits.deadline_s
+                incoming.envelope,
+                incoming.payload,
+                now,
+                now + self._limits.deadline_s,
+                typed=incoming.typed,
             )
             self._auth_pool.submit(self._check, request_id, incoming.payload)
 
@@ -231,6 +236,9 @@ class Manager:
             pending.info = admission.info
             if admission.deadline_s is not None:
                 pending.deadline = pending.received + admission.deadline_s
+            if admission.answer is not None:
+                self._finish(request_id, admission.answer)
+                continue
             if admission.identity is None:
                 assert admission.failure is not None
                 self._finish(request_id, Failure.of(admission.failure))
@@ -471,7 +479,7 @@ class Manager:
             return
         if isinstance(reply, Failure) and reply.code in AUDITED_CODES:
             _audit(reply, pending.info)
-        self._front_send(pending.envelope, legacy_frames(reply))
+        self._front_send(pending.envelope, reply_frames(reply, typed=pending.typed))
 
     def _front_send(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
         try:

@@ -1,0 +1,377 @@
+"""The HTTP gateway: the browser's and scripts' door to the chain, holding no file access.
+
+Every endpoint turns into one wire request sent, with the caller's session token as
+``pid``, through the proxy to the manager, which checks the session and hands the work to
+the user's own worker; errors come back typed and leave as ``{"error": {code, message}}``
+with the status of `status.STATUS_BY_CODE`. The gateway serves the viewer's static files
+and nothing else from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from zlib_ng import gzip_ng
+
+from imageserver.config import Settings
+from imageserver.imaging.colormaps import COLORMAPS
+from imageserver.service.requests import token_hash
+from imageserver.web.chain_client import ChainClient, ChainError, ChainReply
+from imageserver.web.meta import si_geometry
+from imageserver.web.sessions import COOKIE_NAME, SessionBusyError, SessionLimiter, session_token
+from imageserver.web.status import http_status
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+API = "/api/v1"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+IMAGE_MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "raw": "application/octet-stream"}
+RAW_GZIP_LEVEL = 1
+"""Fast and enough: a reduced view of counts is mostly small numbers."""
+
+Esaf = Annotated[int, Query(ge=0, description="the ESAF (experiment) number; 0: none")]
+Frame = Annotated[int, Query(ge=1, description="frame number, from 1")]
+FilePath = Annotated[str, Query(min_length=1, max_length=4096, description="absolute file path")]
+DirPath = Annotated[str, Query(min_length=1, max_length=4096, description="absolute directory")]
+
+
+class Gateway:
+    """What the endpoints share: the chain client, the per-session limiter, the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limiter = SessionLimiter(settings.web.session_concurrency, settings.web.session_queue)
+        self.client: ChainClient | None = None
+
+    async def ask(self, request: Request, job: dict[str, Any]) -> ChainReply:
+        """One wire request with the caller's session; ChainError when refused."""
+        token = session_token(request)
+        if token is None:
+            raise ChainError("session_invalid", "not logged in: open the login link again")
+        assert self.client is not None
+        try:
+            async with self.limiter.turn(token):
+                if await request.is_disconnected():
+                    raise ChainError("cancelled", "the client went away")
+                return await self.client.request(
+                    {**job, "pid": token}, timeout_s=self.settings.web.request_timeout_s
+                )
+        except SessionBusyError as exc:
+            raise ChainError("busy", f"busy: {exc}; please retry") from None
+
+
+def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """The app; ``on_ready`` is called once it can serve (its socket is already bound)."""
+    gateway = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        gateway.client = ChainClient(settings.proxy.front_endpoint)
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            await gateway.client.close()
+
+    app = FastAPI(
+        title="imageserver",
+        summary="Diffraction images, metadata and datasets of a beamline, for the user's session",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.middleware("http")(_security_and_access_log)
+    app.add_exception_handler(ChainError, _chain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    _add_pages(app, gateway)
+    _add_api(app, gateway)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+# -- pages and login ---------------------------------------------------------------------------
+
+
+def _add_pages(app: FastAPI, gateway: Gateway) -> None:
+    @app.get("/", include_in_schema=False)
+    async def viewer() -> Response:
+        return _static_page("index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return _static_page("docs.html")
+
+    @app.get("/login", include_in_schema=False)
+    async def login(request: Request, session: str = "", next: str = "/") -> Response:
+        """Check the token once, keep it in an HttpOnly cookie, and leave the URL behind."""
+        token = session.strip()
+        if not token or len(token) > 4096 or not token.isprintable():
+            return _login_failed("The login link has no session in it.")
+        assert gateway.client is not None
+        try:
+            await gateway.client.request(
+                {"type": "whoami", "pid": token}, timeout_s=settings_timeout(gateway)
+            )
+        except ChainError as exc:
+            log.info("login refused: session %s: %s", token_hash(token), exc.code)
+            return _login_failed(
+                "This login link is not valid any more (the session expired or was "
+                "revoked). Open a new link from your beamline's web page."
+                if exc.code in ("session_invalid", "access_denied", "account_unusable")
+                else f"The image service could not check the session: {exc.message}",
+                status=http_status(exc.code),
+            )
+        log.info("login: session %s", token_hash(token))
+        response = RedirectResponse(_same_site_path(next), status_code=303)
+        response.set_cookie(
+            COOKIE_NAME,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=gateway.settings.web.https,
+            path="/",
+        )
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    async def logout() -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(COOKIE_NAME, path="/")
+        return response
+
+
+def settings_timeout(gateway: Gateway) -> float:
+    return gateway.settings.web.request_timeout_s
+
+
+def _static_page(name: str) -> Response:
+    path = STATIC_DIR / name
+    if not path.is_file():
+        return HTMLResponse("<h1>The viewer is not installed.</h1>", status_code=404)
+    return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def _login_failed(message: str, *, status: int = 401) -> Response:
+    page = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Not logged in</title>"
+        f"<h1>Not logged in</h1><p>{_html_escape(message)}</p></html>"
+    )
+    return HTMLResponse(page, status_code=status)
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _same_site_path(target: str) -> str:
+    """Only a path of this site: never an open redirect to another host."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(ch) < 32 for ch in target):
+        return "/"
+    return target
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+
+def _add_api(app: FastAPI, gateway: Gateway) -> None:
+    @app.get(f"{API}/whoami", summary="The session's login and the ESAFs it may see")
+    async def whoami(request: Request) -> Response:
+        reply = await gateway.ask(request, {"type": "whoami"})
+        return _json_document(reply)
+
+    @app.get(f"{API}/files", summary="Sub-directories and datasets of a directory")
+    async def files(request: Request, dir: DirPath, esaf: Esaf = 0) -> Response:
+        reply = await gateway.ask(request, {"type": "list", "esaf": esaf, "dir": dir})
+        return _json_document(reply)
+
+    @app.get(f"{API}/latest", summary="The newest dataset of a directory and its newest frame")
+    async def latest(request: Request, dir: DirPath, esaf: Esaf = 0) -> Response:
+        reply = await gateway.ask(request, {"type": "latest", "esaf": esaf, "dir": dir})
+        return _json_document(reply, cache="no-store")
+
+    @app.get(f"{API}/meta", summary="Detector geometry and frame range, SI units")
+    async def meta(request: Request, path: FilePath, esaf: Esaf = 0, frame: Frame = 1) -> Any:
+        reply = await gateway.ask(
+            request, {"type": "meta", "esaf": esaf, "fn": path, "frame": frame}
+        )
+        return JSONResponse(si_geometry(reply.json(), path=path), headers=_PRIVATE)
+
+    @app.get(f"{API}/spots", summary="The quick spot count of a frame (radial shells)")
+    async def spots(request: Request, path: FilePath, esaf: Esaf = 0, frame: Frame = 1) -> Any:
+        reply = await gateway.ask(
+            request, {"type": "spots", "esaf": esaf, "fn": path, "frame": frame}
+        )
+        document = reply.json()
+        return JSONResponse(
+            {"path": path, "frame": frame, "spots": document.get("spots")}, headers=_PRIVATE
+        )
+
+    @app.get(
+        f"{API}/image",
+        summary="A view of a frame: JPEG, PNG, or the reduced view at full depth (raw)",
+        response_class=Response,
+    )
+    async def image(
+        request: Request,
+        path: FilePath,
+        esaf: Esaf = 0,
+        frame: Frame = 1,
+        size: Annotated[int, Query(ge=8, le=10000, description="width in px")] = 1024,
+        zoom: Annotated[float, Query(ge=1, le=64, description="magnification")] = 1.0,
+        x: Annotated[float, Query(ge=-64, le=64, description="tile column at this zoom")] = 0,
+        y: Annotated[float, Query(ge=-64, le=64, description="tile row at this zoom")] = 0,
+        black: Annotated[
+            int | None, Query(ge=1, description="counts at and above are black")
+        ] = None,
+        white: Annotated[
+            int | None, Query(ge=0, description="counts at and below are white")
+        ] = None,
+        colormap: Annotated[str, Query(pattern="^[a-z]+$")] = "grey",
+        format: Annotated[str, Query(pattern="^(jpeg|png|raw)$")] = "jpeg",
+        quality: Annotated[int, Query(ge=1, le=100)] = 90,
+    ) -> Response:
+        if colormap not in COLORMAPS:
+            raise ChainError("bad_request", f"unknown colormap {colormap!r}")
+        job: dict[str, Any] = {
+            "type": "jpeg",
+            "esaf": esaf,
+            "fn": path,
+            "frame": frame,
+            "xsize": size,
+            "zoom": zoom,
+            "segcol": x,
+            "segrow": y,
+            "contrast": black if black is not None else 0,
+            "wval": white if white is not None else -1,
+            "colormap": colormap,
+            "format": format,
+            "quality": quality,
+        }
+        if black is None or white is None:
+            job["levels"] = "percentile"
+        reply = await gateway.ask(request, job)
+        if reply.data is None:
+            raise ChainError("internal", "the image service sent no image")
+        if reply.job.get("error"):
+            raise ChainError("internal", str(reply.job["error"]))
+        headers = {**_PRIVATE, **_view_headers(reply)}
+        body = reply.data
+        if format == "raw" and "gzip" in request.headers.get("accept-encoding", ""):
+            body = await asyncio.to_thread(gzip_ng.compress, body, RAW_GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
+        return Response(body, media_type=IMAGE_MEDIA_TYPES[format], headers=headers)
+
+
+_PRIVATE = {"Cache-Control": "private, max-age=10"}
+
+
+def _json_document(reply: ChainReply, *, cache: str = "private, max-age=2") -> Response:
+    return Response(
+        reply.document or b"{}", media_type="application/json", headers={"Cache-Control": cache}
+    )
+
+
+def _view_headers(reply: ChainReply) -> dict[str, str]:
+    """What the viewer needs beside the pixels: levels used, statistics, frame range."""
+    meta = reply.json()
+    job = reply.job
+    fields = {
+        "X-Frame": meta.get("frame"),
+        "X-First-Frame": meta.get("first_frame"),
+        "X-Last-Frame": meta.get("last_frame"),
+        "X-Level-Black": job.get("bval_used"),
+        "X-Level-White": job.get("wval_used"),
+        "X-View-Mean": meta.get("mean"),
+        "X-View-Stddev": meta.get("stddev"),
+        "X-View-Min": meta.get("min"),
+        "X-View-Max": meta.get("max"),
+        "X-View-Saturated": meta.get("nSaturated"),
+    }
+    window = job.get("window")
+    if isinstance(window, list) and len(window) == 4:
+        fields["X-Source-Window"] = ",".join(str(value) for value in window)
+    raw = job.get("raw")
+    if isinstance(raw, dict):
+        fields["X-Raw-Dtype"] = raw.get("dtype")
+        fields["X-Raw-Shape"] = f"{raw.get('height')},{raw.get('width')}"
+    return {name: str(value) for name, value in fields.items() if value is not None}
+
+
+# -- errors, security headers, access log ------------------------------------------------------
+
+
+async def _chain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ChainError)
+    return _error_response(exc.code, exc.message)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return _error_response("bad_request", "; ".join(problems) or "invalid request")
+
+
+def _error_response(code: str, message: str) -> Response:
+    status = 499 if code == "cancelled" else http_status(code)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _security_and_access_log(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Every response gets the security headers; every request one log line without a
+    token (the login URL's query is never logged)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    token = session_token(request)
+    query = "" if request.url.path == "/login" or not request.url.query else f"?{request.url.query}"
+    log.info(
+        "%s %s%s %d %.1f ms session=%s",
+        request.method,
+        request.url.path,
+        query,
+        response.status_code,
+        (time.perf_counter() - started) * 1000,
+        token_hash(token) if token else "-",
+    )
+    return response

@@ -1,0 +1,74 @@
+"""Where a request's session token comes from, and how many of a session's requests run.
+
+The token is the web tier's signed-session key (the wire's ``pid``); the gateway never
+checks it itself, the manager does on every request. It travels in an HttpOnly cookie set
+by ``/login`` or in ``Authorization: Bearer``; it never appears in a URL after login or in
+a log line (`token_hash`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from imageserver.service.requests import token_hash
+
+COOKIE_NAME = "imageserver_session"
+MAX_TOKEN_LENGTH = 4096
+
+
+def session_token(request: Request) -> str | None:
+    """The bearer token if one is sent, else the session cookie; None when neither is usable."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    token = value.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE_NAME, "")
+    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isprintable():
+        return None
+    return token
+
+
+class SessionBusyError(Exception):
+    """More requests of one session are waiting than the gateway lets queue."""
+
+
+@dataclass
+class _Turns:
+    semaphore: asyncio.Semaphore
+    users: int = 0
+
+
+@dataclass
+class SessionLimiter:
+    """At most ``concurrency`` requests of a session in the chain, ``queue`` more waiting.
+
+    One browser tab sweeping frames cannot fill the workers' pools for everyone else; the
+    viewer cancels what it no longer needs, and a cancelled request leaves its place.
+    """
+
+    concurrency: int
+    queue: int
+    _turns: dict[str, _Turns] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, token: str) -> AsyncIterator[None]:
+        key = token_hash(token)
+        turns = self._turns.get(key)
+        if turns is None:
+            turns = self._turns[key] = _Turns(asyncio.Semaphore(self.concurrency))
+        if turns.users >= self.concurrency + self.queue:
+            raise SessionBusyError(f"more than {self.queue} requests of this session are waiting")
+        turns.users += 1
+        try:
+            async with turns.semaphore:
+                yield
+        finally:
+            turns.users -= 1
+            if turns.users == 0:
+                del self._turns[key]
+
+    def in_use(self) -> int:
+        return sum(turns.users for turns in self._turns.values())
