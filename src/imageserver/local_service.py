@@ -110,14 +110,7 @@ class LocalService:
         """Start both processes and return once each has said READY=1, as systemd would see."""
         with _ReadinessSocket(self.directory / "notify.sock") as readiness:
             for role in self.roles:
-                with (self.directory / f"{role}.log").open("ab") as log:
-                    self.processes[role] = subprocess.Popen(
-                        [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        cwd=self.directory,
-                        env={**os.environ, NOTIFY_ENV: str(readiness.path)},
-                    )
+                self._launch(role, {NOTIFY_ENV: str(readiness.path)})
             deadline = time.monotonic() + START_DEADLINE_S
             ready = 0
             while ready < len(self.processes) and time.monotonic() < deadline:
@@ -129,6 +122,20 @@ class LocalService:
         if reply.error is None or "not active" not in reply.error:
             raise LocalServiceError(f"unexpected answer to a probe: {reply.frames!r}")
         return self
+
+    def restart_proxy(self) -> None:
+        """Start the proxy again after it was stopped (nodes and the gateway reconnect)."""
+        self._launch("proxy", {})
+
+    def _launch(self, role: str, env: dict[str, str]) -> None:
+        with (self.directory / f"{role}.log").open("ab") as log:
+            self.processes[role] = subprocess.Popen(
+                [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                env={**os.environ, **env},
+            )
 
     def check_alive(self) -> None:
         for role, process in self.processes.items():

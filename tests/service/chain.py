@@ -67,6 +67,7 @@ class Chain(LocalService):
         max_workers: int = 64,
         threads: int = 2,
         workers_extra: str = "",
+        web_port: int | None = None,
     ) -> None:
         super().__init__(
             directory,
@@ -77,6 +78,7 @@ class Chain(LocalService):
                 f"request_deadline_s = {deadline_s}\nidle_timeout_s = {idle_timeout_s}\n"
                 f"max_workers = {max_workers}\n" + workers_extra
             ),
+            web_port=web_port,
         )
 
     def worker_pids(self) -> list[int]:
