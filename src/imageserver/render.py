@@ -60,6 +60,8 @@ class Look:
     """"jpeg" (simplejpeg, ``quality``) or "png" (lossless 8-bit RGB)."""
     chroma: str = "420"
     """JPEG chroma: "420" (fast, small; overload pixels keep their colour) or "444" (exact)."""
+    levels: str = "legacy"
+    """Automatic levels: "legacy" (mean ± stddev) or "percentile" (`imaging.contrast`)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class RenderedImage:
     levels: Levels
     width_px: int
     height_px: int
+    window: tuple[float, float, float, float]
+    """The source pixels the image shows (`source_window`), echoed so a client can map it."""
 
 
 def plan_frame_view(
@@ -98,6 +102,24 @@ def plan_frame_view(
         segcol=spec.segcol,
         segrow=spec.segrow,
         limits=limits,
+    )
+
+
+def source_window(view: View) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1): the source-pixel rectangle a view shows, edges in source pixel
+    coordinates, unclipped (a tile panned off the frame shows masked pixels there)."""
+    return (
+        view.x0_px,
+        view.y0_px,
+        view.x0_px + view.window_w_px,
+        view.y0_px + view.window_h_px,
+    )
+
+
+def view_levels(view: ReducedView, look: Look) -> Levels:
+    """The levels ``look`` gives this view: requested ones, automatic ones for the rest."""
+    return choose_levels(
+        view.stats, look.contrast, look.wval, mode=look.levels, reduced=view.reduced
     )
 
 
@@ -157,7 +179,7 @@ def render_jpeg(
     ``limits.max_label_height_px`` bounds the banner; the view itself was bounded when it
     was planned.
     """
-    levels = choose_levels(view.stats, look.contrast, look.wval)
+    levels = view_levels(view, look)
     if look.image_format not in ("jpeg", "png"):
         raise RequestError(f"unknown image format {look.image_format!r}; use jpeg or png")
     banner_px = look.label_height_px
@@ -183,7 +205,11 @@ def render_jpeg(
     else:
         data = encode_png(np.ascontiguousarray(np.moveaxis(planes, 0, -1)))
     return RenderedImage(
-        data=data, levels=levels, width_px=planes.shape[2], height_px=planes.shape[1]
+        data=data,
+        levels=levels,
+        width_px=planes.shape[2],
+        height_px=planes.shape[1],
+        window=source_window(view.reduced.view),
     )
 
 
