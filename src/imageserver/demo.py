@@ -1,8 +1,9 @@
 """The main job on embedded defaults: the whole service on one machine, with sample data.
 
 It starts a private Redis, writes sample detector files, a signing key pair and a signed
-session, starts the proxy and the manager on local sockets, sends a few requests through the
-whole chain (printing what came back and how long it took), and then keeps serving until
+session, starts the proxy, the manager and the HTTP gateway on local sockets, sends a few
+requests through the whole chain (printing what came back and how long it took), prints the
+link that opens the browser viewer logged in on the sample data, and then keeps serving until
 Ctrl-C, when it stops everything it started. No root is needed; started as root it makes an
 unprivileged demo account, because the server never runs requests as root.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from imageserver.sampledata.dataset import EIGER16M_MASTER, PILATUS_CBF, write_s
 _READY_MARK = ".sample-data-complete"
 DEMO_ACCOUNT = "imageserver-demo"
 START_DEADLINE_S = 120.0
+WEB_PORT = 8080
+"""The viewer's port when it is free; another free port otherwise."""
 
 
 def run_demo(directory: Path, *, n_frames: int = 4, keep_serving: bool = True) -> int:
@@ -32,18 +37,26 @@ def run_demo(directory: Path, *, n_frames: int = 4, keep_serving: bool = True) -
     _write_sample_data_once(directory, n_frames)
     user = _demo_user(directory)
     redis_server = EmbeddedRedis(directory / "redis").start()
-    service = LocalService(directory / "service", redis_server.url)
+    service = LocalService(directory / "service", redis_server.url, web_port=_web_port())
     try:
         service.start()
         pid = service.session(user, [])
-        print(f"service up: proxy {service.front}, session Redis {redis_server.url}, user {user}")
+        print(
+            f"service up: proxy {service.front}, gateway {service.web_url}, "
+            f"session Redis {redis_server.url}, user {user}"
+        )
         _show_requests(directory, service, pid)
+        viewer = "/?" + urllib.parse.urlencode(
+            {"path": str(directory / EIGER16M_MASTER), "frame": 1}
+        )
         print(
             "\nsend your own (another terminal):\n"
             f"  .venv/bin/imageserver request --endpoint {service.front} \\\n"
             f'    \'{{"type":"jpeg","pid":"{pid}","fn":"{directory / EIGER16M_MASTER}",'
             f'"frame":2,"xsize":800,"zoom":2,"segcol":1,"segrow":0}}\' -o view.jpg\n'
-            f"config and logs: {service.directory}/"
+            f"config and logs: {service.directory}/\n"
+            f"\nopen the viewer, logged in on the sample data (HTTP API: {service.web_url}/docs):\n"
+            f"  {service.login_url(pid, viewer)}\n"
         )
         if keep_serving:
             print("serving until Ctrl-C ...", flush=True)
@@ -52,7 +65,16 @@ def run_demo(directory: Path, *, n_frames: int = 4, keep_serving: bool = True) -
     finally:
         service.stop()
         redis_server.stop()
-        print("stopped proxy, server and Redis")
+        print("stopped the gateway, proxy, server and Redis")
+
+
+def _web_port() -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", WEB_PORT))
+        except OSError:
+            return 0
+    return WEB_PORT
 
 
 def _write_sample_data_once(directory: Path, n_frames: int) -> None:
