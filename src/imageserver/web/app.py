@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from zlib_ng import gzip_ng
 
 from imageserver.config import Settings
@@ -106,7 +107,7 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    app.middleware("http")(_security_and_access_log)
+    app.add_middleware(SecurityAndAccessLog)
     app.add_exception_handler(ChainError, _chain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     _add_pages(app, gateway)
@@ -354,24 +355,48 @@ def _error_response(code: str, message: str) -> Response:
     )
 
 
-async def _security_and_access_log(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
+class SecurityAndAccessLog:
     """Every response gets the security headers; every request one log line without a
-    token (the login URL's query is never logged)."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    token (the login URL's query is never logged). Plain ASGI: no extra task per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                present = {name for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in self._headers if name not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                _log_request(scope, status, started)
+
+
+def _log_request(scope: Scope, status: int, started: float) -> None:
+    request = Request(scope)
     token = session_token(request)
-    query = "" if request.url.path == "/login" or not request.url.query else f"?{request.url.query}"
+    path = scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    shown = f"{path}?{query}" if query and path != "/login" else path
     log.info(
-        "%s %s%s %d %.1f ms session=%s",
-        request.method,
-        request.url.path,
-        query,
-        response.status_code,
+        "%s %s %d %.1f ms session=%s",
+        scope["method"],
+        shown,
+        status,
         (time.perf_counter() - started) * 1000,
         token_hash(token) if token else "-",
     )
-    return response
