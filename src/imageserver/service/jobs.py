@@ -7,12 +7,23 @@ frame, with the reason in the job echo's ``error`` field.
 
 jpeg and spots go through the worker's `CachedRenderer`; where each answer came from is
 logged at DEBUG level, e.g. ``jpeg <fn> frame 2: memory``; the sources are listed in
-`imageserver.cache.renderer.SOURCES`.
+`imageserver.cache.renderer.SOURCES`. A jpeg's echo says which source pixels the view shows
+(``window``: x0, y0, x1, y1, unclipped), so a client can map a click to the detector.
+
+A jpeg with ``format`` "raw" answers the cached reduced view itself, nothing encoded:
+``["", job, meta, values + flags]``, the values little-endian in the frame's dtype, then one
+flag byte per pixel, the reduction's own flags (0 usable, 1 masked, 2 saturated:
+`imaging.reduce.Flags`); the echo gains ``raw`` (dtype, height, width) and the levels this
+request would have used. Only a plain JPEG failure keeps the legacy grey fallback: a PNG or
+raw client expects no JPEG.
+
+``list`` and ``latest`` read a directory as datasets (`formats.datasets`) as the user.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,13 +35,17 @@ from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import ImageServerError, MissingMetadataError, RequestError
 from imageserver.formats import read_meta
 from imageserver.formats.base import frame_range_error
+from imageserver.formats.datasets import latest_dataset, list_datasets
 from imageserver.imaging.encode import encode_jpeg
 from imageserver.imaging.label import add_label
-from imageserver.render import Look, ViewSpec, series_meta
+from imageserver.imaging.reduce import Flags, Reduced
+from imageserver.render import Look, ReducedView, ViewSpec, series_meta, source_window, view_levels
 from imageserver.service.meta_json import MetaJsonCache
 from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.requests import (
     JpegRequest,
+    LatestRequest,
+    ListRequest,
     MetaRequest,
     ObsoleteRequest,
     Request,
@@ -41,6 +56,12 @@ from imageserver.service.requests import (
 
 log = logging.getLogger(__name__)
 
+RAW_FLAGS = {
+    "usable": int(Flags.OK),
+    "masked": int(Flags.MASKED),
+    "saturated": int(Flags.SATURATED),
+}
+"""A raw reply's flag bytes are the reduction's flags as they are: 0, 1, 2 (docs/http-api.md)."""
 BLANK_GREY = 240
 MAX_BLANK_PX = 4096
 """A blank answer is never larger than this, whatever xsize asked (legacy bug B12)."""
@@ -83,7 +104,7 @@ def handle(
     try:
         return JOBS[type(request)](request, renderer or _uncached(limits), limits)
     except ImageServerError as exc:
-        if isinstance(request, JpegRequest):
+        if isinstance(request, JpegRequest) and request.image_format == "jpeg":
             return Failure.of(exc, fallback=_blank(request, str(exc), limits))
         return Failure.of(exc)
 
@@ -114,12 +135,45 @@ def run_jpeg(request: Request, renderer: CachedRenderer, limits: LimitSettings) 
         label_height_px=request.label_height,
         quality=request.quality,
         chroma=request.chroma,
+        image_format="png" if request.image_format == "png" else "jpeg",
+        levels=request.levels,
     )
+    if request.image_format == "raw":
+        viewed = renderer.reduced_view(spec, fn=request.fn)
+        log.debug("raw %s frame %d: %s", request.fn, request.frame, viewed.source)
+        return _raw_reply(request, viewed.value, look)
     served = renderer.jpeg(spec, look, fn=request.fn)
     log.debug("jpeg %s frame %d: %s", request.fn, request.frame, served.source)
     image = served.value.image
-    job = echo_job(request, wval_used=image.levels.white, bval_used=image.levels.black)
+    job = echo_job(
+        request,
+        wval_used=image.levels.white,
+        bval_used=image.levels.black,
+        window=list(image.window),
+    )
     return Success((job, _META_JSON.encode(served.value.meta, request.fn), image.data))
+
+
+def _raw_reply(request: JpegRequest, view: ReducedView, look: Look) -> Success:
+    """The reduced view's values and flags, and the levels ``look`` would have drawn it with."""
+    reduced = view.reduced
+    height, width = reduced.values.shape
+    levels = view_levels(view, look)
+    job = echo_job(
+        request,
+        wval_used=levels.white,
+        bval_used=levels.black,
+        window=list(source_window(reduced.view)),
+        raw={"dtype": reduced.values.dtype.name, "height": height, "width": width},
+    )
+    meta = _META_JSON.encode(view.meta, request.fn)
+    return Success((job, meta, raw_bytes(reduced)))
+
+
+def raw_bytes(reduced: Reduced) -> bytes:
+    """Values little-endian (one copy, none more on a little-endian host), then the flags."""
+    values = np.ascontiguousarray(reduced.values, dtype=reduced.values.dtype.newbyteorder("<"))
+    return b"".join((values.data, np.ascontiguousarray(reduced.flags).data))
 
 
 def _blank(request: JpegRequest, reason: str, limits: LimitSettings) -> tuple[bytes, ...]:
@@ -151,6 +205,24 @@ def run_meta(request: Request, _renderer: CachedRenderer, limits: LimitSettings)
     return Success((echo_job(request), meta_json))
 
 
+def run_list(request: Request, _renderer: CachedRenderer, limits: LimitSettings) -> Success:
+    assert isinstance(request, ListRequest)
+    listing = list_datasets(request.dir, limits=limits)
+    return Success((echo_job(request), _json(listing.to_json())))
+
+
+def run_latest(request: Request, _renderer: CachedRenderer, limits: LimitSettings) -> Success:
+    assert isinstance(request, LatestRequest)
+    dataset, frame = latest_dataset(request.dir, limits=limits)
+    found = {"dataset": None if dataset is None else dataset.to_json(), "frame": frame}
+    return Success((echo_job(request), _json(found)))
+
+
+def _json(value: object) -> bytes:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8")
+
+
 def run_obsolete(request: Request, _renderer: CachedRenderer, _limits: LimitSettings) -> Success:
     assert isinstance(request, ObsoleteRequest)
     raise RequestError(f"Obsolete job type '{request.type_name}'", reason="obsolete_type")
@@ -160,5 +232,7 @@ JOBS: dict[type, Job] = {
     JpegRequest: run_jpeg,
     SpotsRequest: run_spots,
     MetaRequest: run_meta,
+    ListRequest: run_list,
+    LatestRequest: run_latest,
     ObsoleteRequest: run_obsolete,
 }
