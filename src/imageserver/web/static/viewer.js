@@ -516,7 +516,7 @@ function onLevelInput(e) {
   contrastChanged();
 }
 
-function setAuto() {
+function setAuto({ url = true } = {}) {
   state.auto = true;
   ui.auto.setAttribute('aria-pressed', 'true');
   const shown = state.shown;
@@ -525,7 +525,7 @@ function setAuto() {
   } else if (shown && shown.raw) {
     setLevels(percentileLevels(shown.raw), 'percentiles');
   }
-  updateUrl('replace');
+  if (url) updateUrl('replace');
   if (shown && shown.source !== 'raw') serverRecolour();
 }
 
@@ -857,7 +857,7 @@ async function applyUrl({ initial = false } = {}) {
     state.auto = false;
     setLevels({ black: p.black, white: p.white }, 'user');
   } else if (!initial && !state.auto) {
-    setAuto();
+    setAuto({ url: false }); // the URL is the one being restored: leave it
   }
 
   if (p.path) {
@@ -1126,7 +1126,7 @@ function bind() {
     updateUrl('replace');
     if (!state.shown || state.shown.source !== 'raw') serverRecolour();
   });
-  ui.auto.addEventListener('click', setAuto);
+  ui.auto.addEventListener('click', () => setAuto());
 
   const overlays = () => view.setOverlays({ rings: ui.rings.checked, ice: ui.ice.checked, beam: ui.beam.checked });
   ui.rings.addEventListener('change', overlays);
