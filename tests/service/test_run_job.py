@@ -243,3 +243,9 @@ def test_list_of_a_missing_directory_is_file_missing(tmp_path: Path) -> None:
 def cached_renderer(home: Path) -> CachedRenderer:
     memory: MemoryCache[Any] = MemoryCache(64 << 20, entry_nbytes)
     return CachedRenderer(Scope.for_worker(os.getgid(), str(home)), memory)
+
+
+def test_whoami_reaching_a_worker_is_refused_not_crashed() -> None:
+    reply = jobs.handle(b'{"type":"whoami","pid":"p"}')
+    assert isinstance(reply, Failure)
+    assert reply.code == "bad_request"

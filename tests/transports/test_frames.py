@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imageserver.service.reply import Failure, Success
 from imageserver.transports.frames import (
     MAX_ERROR_BYTES,
+    TYPED_MARK,
     error_frames,
+    reply_frames,
     split_request,
     success_frames,
 )
@@ -57,3 +62,22 @@ def test_any_frame_list_gives_an_envelope_to_answer_on(frames: list[bytes]) -> N
     incoming = split_request(frames)
     assert (incoming.problem is None) == (b"" in frames[:-1])
     assert len(incoming.envelope) >= 1
+
+
+def test_a_typed_client_gets_the_code_of_an_error_and_no_fallback_image() -> None:
+    incoming = split_request([b"id", b"", b"{}", TYPED_MARK])
+    assert incoming.typed and incoming.payload == b"{}"
+    assert not split_request([b"id", b"", b"{}"]).typed
+    assert not split_request([b"id", b"", b"{}", b"other"]).typed
+    failure = Failure(
+        code="file_missing",
+        message="x.cbf: file not found",
+        error="FileMissingError",
+        reason="file_missing",
+        fallback=(b"{}", b"", b"\xff\xd8"),
+    )
+    typed = reply_frames(failure, typed=True)
+    assert typed[0] == b"x.cbf: file not found"
+    assert json.loads(typed[1]) == {"code": "file_missing", "error": "FileMissingError"}
+    assert reply_frames(failure, typed=False) == [b"", b"{}", b"", b"\xff\xd8"]
+    assert reply_frames(Success((b"{}", b"m")), typed=True) == [b"", b"{}", b"m"]

@@ -60,7 +60,7 @@ def make_admit(settings: Settings, verifier: SessionVerifier) -> Callable[[bytes
             type=kind,
             esaf=request.esaf,
             session=request.session_hash,
-            fn=str(getattr(request, "fn", "")),
+            fn=str(getattr(request, "fn", "") or getattr(request, "dir", "")),
         )
         login = ""
         try:

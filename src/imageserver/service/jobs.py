@@ -50,6 +50,7 @@ from imageserver.service.requests import (
     ObsoleteRequest,
     Request,
     SpotsRequest,
+    WhoamiRequest,
     echo_job,
     parse_request,
 )
@@ -228,6 +229,11 @@ def run_obsolete(request: Request, _renderer: CachedRenderer, _limits: LimitSett
     raise RequestError(f"Obsolete job type '{request.type_name}'", reason="obsolete_type")
 
 
+def run_whoami(request: Request, _renderer: CachedRenderer, _limits: LimitSettings) -> Success:
+    """The manager answers whoami from the session; a worker never holds that session."""
+    raise RequestError("whoami is answered by the manager, not by a worker")
+
+
 JOBS: dict[type, Job] = {
     JpegRequest: run_jpeg,
     SpotsRequest: run_spots,
@@ -235,4 +241,5 @@ JOBS: dict[type, Job] = {
     ListRequest: run_list,
     LatestRequest: run_latest,
     ObsoleteRequest: run_obsolete,
+    WhoamiRequest: run_whoami,
 }
