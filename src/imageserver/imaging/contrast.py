@@ -199,3 +199,12 @@ def map_contrast_planes(
 
     run_blocks(map_rows, row_blocks(values.shape[0], values.size))
     return out
+
+
+def warm_up() -> None:
+    """Call the counting kernel once per pixel type (see `reduce.warm_up`: the first call's
+    setup is paid in the zygote, not in each new worker)."""
+    for dtype in (np.uint16, np.uint32):
+        one = np.zeros((1, 1), dtype=dtype)
+        digits, high = np.zeros(1 << 16, np.int64), np.zeros(1 << 16, np.int64)
+        _count_usable(one, np.zeros((1, 1), np.uint8), 0, digits, high)

@@ -159,10 +159,11 @@ def _warm_up() -> None:
     import imageserver.service.jobs
     import imageserver.service.worker  # noqa: F401
     from imageserver.allocator import tune_allocator
-    from imageserver.imaging.reduce import warm_up
+    from imageserver.imaging import contrast, reduce
 
     tune_allocator()
-    warm_up()
+    reduce.warm_up()
+    contrast.warm_up()
 
 
 def _read_line(sock: socket.socket) -> tuple[bytes, bytes]:
