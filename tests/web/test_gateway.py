@@ -76,7 +76,9 @@ def test_the_token_never_reaches_a_log(web_world: WebWorld) -> None:
     for role in ("web", "serve", "proxy"):
         text = (web_world.chain.directory / f"{role}.log").read_text(errors="replace")
         assert web_world.token not in text, role
-    assert "GET /login " in (web_world.chain.directory / "web.log").read_text()
+    web_log = (web_world.chain.directory / "web.log").read_text()
+    assert "login: session " in web_log
+    assert "GET /api/v1/image?" in web_log and " 404 " in web_log  # failures are logged
 
 
 @needs_root

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,6 +20,12 @@ from imageserver.service.requests import token_hash
 
 COOKIE_NAME = "imageserver_session"
 MAX_TOKEN_LENGTH = 4096
+
+
+@functools.lru_cache(maxsize=1024)
+def session_hash(token: str) -> str:
+    """`token_hash`, remembered: the access log names the session of every request."""
+    return token_hash(token)
 
 
 def session_token(request: Request) -> str | None:
@@ -54,21 +61,22 @@ class SessionLimiter:
     _turns: dict[str, _Turns] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
-    async def turn(self, token: str) -> AsyncIterator[None]:
-        key = token_hash(token)
-        turns = self._turns.get(key)
+    async def turn(self, token: str) -> AsyncIterator[bool]:
+        """Wait for a turn of this session; yields whether it had to wait."""
+        turns = self._turns.get(token)
         if turns is None:
-            turns = self._turns[key] = _Turns(asyncio.Semaphore(self.concurrency))
+            turns = self._turns[token] = _Turns(asyncio.Semaphore(self.concurrency))
         if turns.users >= self.concurrency + self.queue:
             raise SessionBusyError(f"more than {self.queue} requests of this session are waiting")
+        waited = turns.semaphore.locked()
         turns.users += 1
         try:
             async with turns.semaphore:
-                yield
+                yield waited
         finally:
             turns.users -= 1
             if turns.users == 0:
-                del self._turns[key]
+                del self._turns[token]
 
     def in_use(self) -> int:
         return sum(turns.users for turns in self._turns.values())

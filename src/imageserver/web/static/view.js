@@ -168,16 +168,9 @@ export class ImageView {
    * [{key, col, row}]}, or null when the overview is sharp enough.
    */
   wantedTiles() {
-    if (!this.width || !this.overviewLayer) return null;
-    if (this.zoom <= 1.01) return null;
-    const need = this.scale * this.dpr; // device px per detector px
-    const have = this.overviewLayer.canvas.width / (this.overviewLayer.window[2] - this.overviewLayer.window[0]);
-    if (need <= have * 1.15) return null;
-    let zmax = 2;
-    while (this.width / zmax > MAX_TILE_PX && zmax < MAX_TILE_ZOOM) zmax *= 2;
-    let zoom = 2;
-    while (zoom < zmax && (TILE_PX * zoom) / this.width < need * 0.9) zoom *= 2;
-    const size = zoom === zmax ? Math.ceil(this.width / zoom) : TILE_PX;
+    const level = this.tileLevel();
+    if (!level) return null;
+    const { zoom, size } = level;
     const tw = this.width / zoom;
     const th = this.height / zoom;
     const [vx0, vy0] = this.toDetector(0, 0);
@@ -196,6 +189,20 @@ export class ImageView {
     }
     tiles.sort((a, b) => a.dist - b.dist);
     return { zoom, size, tiles };
+  }
+
+  /** The tile level this view's scale needs: {zoom, size}, or null when the overview will do. */
+  tileLevel() {
+    if (!this.width || !this.overviewLayer) return null;
+    if (this.zoom <= 1.01) return null;
+    const need = this.scale * this.dpr; // device px per detector px
+    const have = this.overviewLayer.canvas.width / (this.overviewLayer.window[2] - this.overviewLayer.window[0]);
+    if (need <= have * 1.15) return null;
+    let zmax = 2;
+    while (this.width / zmax > MAX_TILE_PX && zmax < MAX_TILE_ZOOM) zmax *= 2;
+    let zoom = 2;
+    while (zoom < zmax && (TILE_PX * zoom) / this.width < need * 0.9) zoom *= 2;
+    return { zoom, size: zoom === zmax ? Math.ceil(this.width / zoom) : TILE_PX };
   }
 
   hasTile(key) {
@@ -323,7 +330,11 @@ export class ImageView {
       ctx.fillStyle = '#1b1f27';
       ctx.fillRect(ax, ay, this.width * this.scale, this.height * this.scale);
       this.drawLayer(ctx, this.overviewLayer);
-      const tiles = [...this.tiles.values()].sort((a, b) => a.zoom - b.zoom);
+      // Tiles finer than this scale needs are left out: shrunk, they would blur the spots
+      // the overview's max-pooling keeps.
+      const level = this.tileLevel();
+      const finest = level ? level.zoom : 0;
+      const tiles = [...this.tiles.values()].filter((t) => t.zoom <= finest).sort((a, b) => a.zoom - b.zoom);
       for (const t of tiles) this.drawLayer(ctx, t);
     }
     this.drawOverlay();
