@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 from pathlib import Path
 
@@ -248,3 +249,53 @@ def test_the_gateway_survives_the_chain_going_away(web_world: WebWorld) -> None:
     finally:
         web_world.chain.restart_proxy()
     wait_until(lambda: web_world.api("whoami").status == 200, timeout_s=20)
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+
+def test_files_lists_datasets_as_the_user_sees_them(web_world: WebWorld) -> None:
+    reply = web_world.api("files", dir=str(web_world.data))
+    assert reply.status == 200, reply.body[:300]
+    listing = reply.json()
+    assert listing["dir"] == str(web_world.data)
+    by_path = {entry["path"]: entry for entry in listing["datasets"]}
+    master = by_path[str(web_world.master)]
+    assert master["kind"] == "eiger"
+    assert (master["first_frame"], master["last_frame"]) == (
+        1,
+        read_meta(web_world.master).last_frame,
+    )
+    assert not any("_data_" in path for path in by_path)
+    cbf = by_path[str(web_world.cbf)]
+    assert cbf["template"] == str(web_world.cbf).replace("0001", "####")
+    assert listing["truncated"] is False
+
+
+def test_latest_names_the_newest_dataset(web_world: WebWorld) -> None:
+    newest = web_world.data / "pilatus6m_0002.cbf"
+    newest.write_bytes(web_world.cbf.read_bytes())
+    os.chown(newest, os.getuid() if not IS_ROOT else 0, web_world.data.stat().st_gid)
+    newest.chmod(0o640)
+    try:
+        reply = web_world.api("latest", dir=str(web_world.data))
+        assert reply.status == 200
+        latest = reply.json()
+        assert latest["frame"] == 2
+        assert latest["dataset"]["template"] == str(web_world.cbf).replace("0001", "####")
+    finally:
+        newest.unlink()
+
+
+def test_listing_errors(web_world: WebWorld) -> None:
+    missing = web_world.api("files", dir=str(web_world.data / "nothing"))
+    assert (missing.status, missing.error_code) == (404, "file_missing")
+    assert web_world.api("files").status == 400  # dir is required
+    if IS_ROOT:
+        closed = web_world.data.parent / "closed"
+        closed.mkdir(mode=0o700, exist_ok=True)  # root's own
+        try:
+            denied = web_world.api("files", dir=str(closed))
+            assert (denied.status, denied.error_code) == (403, "permission_denied")
+        finally:
+            closed.rmdir()
