@@ -48,6 +48,7 @@ from chain_common import (
     bench_memory_bound,
     check,
     heap_frames,
+    ms_quantile,
     requester,
     running,
     stop_worker,
@@ -527,9 +528,9 @@ def print_table(actions: list[Action], runs: int) -> None:
         steady_s = steady.seconds if steady else []
         verdict = f"{met(action, new, cold.new_worker)} {met(action, steady, cold.steady)}"
         print(
-            f"| {action.name:<62} | {_ms(action.in_process, 0.5):>7} "
-            f"| {_ms(new_s, 0.5):>7} | {_ms(new_s, 0.95):>7} "
-            f"| {_ms(steady_s, 0.5):>7} | {_ms(steady_s, 0.95):>7} "
+            f"| {action.name:<62} | {ms_quantile(action.in_process, 0.5):>7} "
+            f"| {ms_quantile(new_s, 0.5):>7} | {ms_quantile(new_s, 0.95):>7} "
+            f"| {ms_quantile(steady_s, 0.5):>7} | {ms_quantile(steady_s, 0.95):>7} "
             f"| {action.target.text:<42} | {verdict:<7} "
             f"| {_share(new):>12} | {_share(steady):>12} |"
         )
@@ -556,15 +557,6 @@ def _paired_row(new: Samples | None, steady: Samples | None) -> str:
         f"| {name:<62} | {'':>7} | {new_r:>7} | {'':>7} | {steady_r:>7} | {'':>7} "
         f"| {'≤ 1.2×':<42} | {verdict:<7} | {'':>12} | {'':>12} |"
     )
-
-
-def _ms(seconds: list[float], quantile: float) -> str:
-    if not seconds:
-        return ""
-    ms = sorted(s * 1000 for s in seconds)
-    if quantile == 0.5:
-        return f"{statistics.median(ms):.1f}"
-    return f"{ms[min(len(ms) - 1, round(quantile * (len(ms) - 1)))]:.1f}"
 
 
 def _share(samples: Samples | None) -> str:

@@ -11,6 +11,7 @@ import grp
 import os
 import pwd
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -377,3 +378,13 @@ def bench_memory_bound(
         f" (peak {peak >> 20}; budget {budget >> 20})"
     )
     return (name, times, f"≤ {(baseline + budget) >> 20} MiB + fixed")
+
+
+def ms_quantile(seconds: list[float], quantile: float) -> str:
+    """A column cell: the median (0.5) or another quantile of the samples, in ms."""
+    if not seconds:
+        return ""
+    ms = sorted(s * 1000 for s in seconds)
+    if quantile == 0.5:
+        return f"{statistics.median(ms):.1f}"
+    return f"{ms[min(len(ms) - 1, round(quantile * (len(ms) - 1)))]:.1f}"

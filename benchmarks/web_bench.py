@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from chain_common import BENCH_ESAF, BenchUsers, Crowd, ThreadClients, check, write_series_once
+from chain_common import (
+    BENCH_ESAF,
+    BenchUsers,
+    Crowd,
+    ThreadClients,
+    check,
+    ms_quantile,
+    write_series_once,
+)
 from imageserver.embedded_redis import EmbeddedRedis
 from imageserver.local_service import LocalService
 from run import machine_line
@@ -138,29 +146,22 @@ def bench_rows(
     zmq_s, http_s = [], []
     frames = iter(range(2, 2 + 2 * max(1, min(runs, 23))))
     grid = [(c, r) for r in range(4) for c in range(4)]
+    tile_zmq = {"xsize": 256, "zoom": 4, "contrast": 40, "wval": 0}
+    tile_http = {"size": 256, "zoom": 4, "black": 40, "white": 0}
     for _ in range(min(runs, 23)):  # a frame never asked for before, each way
-        frame = next(frames)
-        zmq_s.append(
-            crowd.wall(
-                [
-                    lambda c=c, r=r, f=frame: over_zmq(
-                        frame=f, xsize=256, zoom=4, segcol=c, segrow=r, contrast=40, wval=0
-                    )
-                    for c, r in grid
-                ]
+        for samples, send, col, row, fields in (
+            (zmq_s, over_zmq, "segcol", "segrow", tile_zmq),
+            (http_s, over_http, "x", "y", tile_http),
+        ):
+            frame = next(frames)
+            samples.append(
+                crowd.wall(
+                    [
+                        lambda send=send, at={**fields, col: c, row: r, "frame": frame}: send(**at)
+                        for c, r in grid
+                    ]
+                )
             )
-        )
-        frame = next(frames)
-        http_s.append(
-            crowd.wall(
-                [
-                    lambda c=c, r=r, f=frame: over_http(
-                        frame=f, size=256, zoom=4, x=c, y=r, black=40, white=0
-                    )
-                    for c, r in grid
-                ]
-            )
-        )
     rows.append(("16 tiles ×4, 256 wide, of a new frame at once (wall)", zmq_s, http_s, "≈ ZeroMQ"))
     return rows
 
@@ -182,18 +183,10 @@ def print_table(rows: list[tuple[str, list[float], list[float], str]], runs: int
             else ""
         )
         print(
-            f"| {name:<54} | {_ms(zmq_s, 0.5):>10} | {_ms(zmq_s, 0.95):>10} "
-            f"| {_ms(http_s, 0.5):>8} | {_ms(http_s, 0.95):>8} | {extra:>13} | {target:<9} |"
+            f"| {name:<54} | {ms_quantile(zmq_s, 0.5):>10} | {ms_quantile(zmq_s, 0.95):>10} "
+            f"| {ms_quantile(http_s, 0.5):>8} | {ms_quantile(http_s, 0.95):>8} "
+            f"| {extra:>13} | {target:<9} |"
         )
-
-
-def _ms(seconds: list[float], quantile: float) -> str:
-    if not seconds:
-        return ""
-    ms = sorted(s * 1000 for s in seconds)
-    if quantile == 0.5:
-        return f"{statistics.median(ms):.1f}"
-    return f"{ms[min(len(ms) - 1, round(quantile * (len(ms) - 1)))]:.1f}"
 
 
 if __name__ == "__main__":
