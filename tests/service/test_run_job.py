@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -101,8 +102,10 @@ def test_raw_is_the_reduced_view_values_then_flags(sample_dir: Path, name: str, 
     values, flags = view.reduced.values, view.reduced.flags
     height, width = values.shape
     echo = json.loads(job)
-    assert echo["raw"] == {"dtype": dtype, "height": height, "width": width}
-    assert data == values.astype(values.dtype.newbyteorder("<")).tobytes() + flags.tobytes()
+    assert values.dtype == np.dtype(dtype)
+    sent = np.dtype(np.uint16) if int(values.max()) <= 0xFFFF else values.dtype  # narrowed
+    assert echo["raw"] == {"dtype": sent.name, "height": height, "width": width}
+    assert data == values.astype(sent.newbyteorder("<")).tobytes() + flags.tobytes()
     assert set(np.unique(flags).tolist()) <= set(jobs.RAW_FLAGS.values())
     assert jobs.RAW_FLAGS == {"usable": 0, "masked": 1, "saturated": 2}
     legacy = choose_levels(view.stats, 0, -1)
@@ -249,3 +252,12 @@ def test_whoami_reaching_a_worker_is_refused_not_crashed() -> None:
     reply = jobs.handle(b'{"type":"whoami","pid":"p"}')
     assert isinstance(reply, Failure)
     assert reply.code == "bad_request"
+
+
+def test_raw_keeps_32_bits_only_where_a_value_needs_them(sample_dir: Path) -> None:
+    view = raw_view(sample_dir, EIGER16M_MASTER, xsize=64).reduced
+    assert jobs.raw_dtype(view) == np.uint16 or int(view.values.max()) > 0xFFFF
+    wide = dataclasses.replace(view, values=view.values.astype(np.uint32))
+    wide.values[0, 0] = 70000
+    assert jobs.raw_dtype(wide) == np.uint32
+    assert np.frombuffer(jobs.raw_bytes(wide)[:4], "<u4")[0] == 70000
