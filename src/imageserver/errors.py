@@ -15,6 +15,7 @@ ImageServerError                  base: message is written for the person who se
     FrameRangeError               frame_out_of_range  the frame number is not in the file
     MissingMetadataError          missing_metadata    a field the view needs is absent
     FrameTooLargeError            too_large           beyond the configured size limits
+    AnalysisError                 analysis_failed     spot finding refuses the frame (DIALS's)
   ResourceLimitError              out_of_memory       the worker's memory ceiling was reached
   CacheUnavailableError           cache_unavailable   Redis gone: log it and compute anyway
   SessionStoreUnavailableError    session_store_unavailable
@@ -138,6 +139,12 @@ class FrameTooLargeError(FrameError):
     code = "too_large"
 
 
+class AnalysisError(FrameError):
+    """Spot finding refuses the frame, as DIALS does: e.g. too many strong pixels."""
+
+    code = "analysis_failed"
+
+
 class ResourceLimitError(ImageServerError):
     """The request needed more memory than the worker's ceiling; other requests go on."""
 
@@ -160,6 +167,12 @@ class DeadlineError(ImageServerError):
     """The request was not answered within its deadline."""
 
     code = "timeout"
+
+
+class CancelledError(ImageServerError):
+    """The client cancelled the job (an index job, by its tag)."""
+
+    code = "cancelled"
 
 
 class WorkerError(ImageServerError):
