@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
+import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imageserver import __version__
+from imageserver import __version__, indexing
 from imageserver.allocator import tune_allocator
 from imageserver.client import ReplyTimeoutError, send_request
 from imageserver.config import load_settings
@@ -98,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     thumbs.add_argument("--force", action="store_true", help="redo up-to-date thumbnails")
     _add_look_arguments(thumbs)
     thumbs.set_defaults(command=run_thumbnails)
+
+    index = sub.add_parser("index", help="autoindex frames as the invoking user (DIALS default)")
+    index.add_argument("files", nargs="+", type=Path, help="an Eiger master or frame files")
+    index.add_argument("--frames", default=None, help="A-B: of the master, or of FILE's run")
+    index.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    index.add_argument("--timeout", type=float, default=600.0, help="seconds before it is stopped")
+    index.add_argument(
+        "--command", dest="indexer", default=None, metavar="CMD", help="RAPD-contract indexer"
+    )
+    index.add_argument("--scratch", type=Path, default=None, help="scratch root (default: TMPDIR)")
+    index.set_defaults(command=run_index)
     _add_service_commands(sub)
     return parser
 
@@ -227,6 +241,32 @@ def run_thumbnails(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     return 0 if not report.failures else 1
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """Progress on stderr, the result JSON on stdout; 1 when the result is an error."""
+    try:
+        frames = indexing.parse_frames(args.frames) if args.frames else None
+        job = indexing.build_input(args.files, frames)
+    except indexing.IndexingInputError as exc:
+        print(f"imageserver: error: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    outcome = indexing.run_indexing(
+        job,
+        scratch_root=args.scratch or Path(tempfile.gettempdir()),
+        timeout_s=args.timeout,
+        progress=lambda line: print(
+            f"[{time.monotonic() - started:6.1f} s] {line}", file=sys.stderr, flush=True
+        ),
+        command=shlex.split(args.indexer) if args.indexer else indexing.DEFAULT_COMMAND,
+        environment=indexing.minimal_environment(os.environ.get("PATH")),
+        keep=args.keep,
+    )
+    if outcome.scratch_dir is not None:
+        print(f"scratch directory kept: {outcome.scratch_dir}", file=sys.stderr)
+    print(json.dumps(outcome.result, indent=2))
+    return 0 if outcome.ok else 1
 
 
 def run_serve(args: argparse.Namespace) -> int:
