@@ -70,6 +70,7 @@ _PILATUS_LINES: dict[str, re.Pattern[str]] = {
         "angle_increment": rf"^#\s*Angle_increment\s+{_NUMBER}",
         "exposure_time": rf"^#\s*Exposure_time\s+{_NUMBER}",
         "count_cutoff": r"^#\s*Count_cutoff\s+(\d+)",
+        "sensor": rf"^#\s*(\S+)\s+sensor,\s*thickness\s*{_NUMBER}\s*m",
     }.items()
 }
 _IMGCIF_ITEMS = {
@@ -220,6 +221,7 @@ def _cbf_meta(path: Path, cif: dict[str, Any], section: _BinarySection) -> Frame
     wavelength_a = (pilatus.get("wavelength") or imgcif.get("wavelength") or (None,))[0]
     beam = pilatus.get("beam_xy", (None, None))
     cutoff = (pilatus.get("count_cutoff") or imgcif.get("overload") or (None,))[0]
+    sensor = pilatus.get("sensor", (None, None))
     native: dict[str, Any] = {
         "filename": path.name,
         "filepath": str(path),
@@ -235,6 +237,8 @@ def _cbf_meta(path: Path, cif: dict[str, Any], section: _BinarySection) -> Frame
         "y_pixel_size": pixel[1],
         "integrationTime": pilatus.get("exposure_time", (None,))[0],
         "image_depth": 4,
+        "sensor_material": {"Silicon": "Si"}.get(sensor[0], sensor[0]),
+        "sensor_thickness": sensor[1],
     }
     return FrameMeta(
         format_name=CbfReader.format_name,
@@ -261,6 +265,8 @@ def _pilatus_values(text: str) -> dict[str, Any]:
             continue
         if name == "detector":
             values[name] = match.group(1)
+        elif name == "sensor":  # material, thickness (m): the resolution needs its parallax
+            values[name] = (match.group(1), float(match.group(2)))
         else:
             values[name] = tuple(float(group) for group in match.groups())
     return values

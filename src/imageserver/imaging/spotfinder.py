@@ -19,9 +19,8 @@ of milliseconds. Its definitions, with DIALS's default parameters:
   the first brightest pixel; a frame with more than 25 % strong pixels is refused.
 
 Coordinates: spot x, y are count-weighted means of pixel indices (pixel centres at integer
-coordinates, as `formats.base` says); DIALS reports the same point + 0.5. Resolution uses a
-flat detector normal to the beam (no tilt, no parallax correction), with the beam centre read
-as DIALS reads it (see `Geometry`).
+coordinates, as `formats.base` says); DIALS reports the same point + 0.5. Resolution limits
+use `resolution.Geometry` (a flat detector normal to the beam).
 """
 
 from __future__ import annotations
@@ -39,13 +38,7 @@ from imageserver.errors import (
     MissingMetadataError,
     RequestError,
 )
-from imageserver.formats.base import (
-    STRIP_ELEMENTS,
-    AnyFrame,
-    EncodedFrame,
-    FrameMeta,
-    PixelArray,
-)
+from imageserver.formats.base import STRIP_ELEMENTS, AnyFrame, EncodedFrame, PixelArray
 from imageserver.imaging import spot_kernels
 from imageserver.imaging.reduce import (
     RowSource,
@@ -54,6 +47,7 @@ from imageserver.imaging.reduce import (
     row_blocks,
     saturation_threshold,
 )
+from imageserver.imaging.resolution import Geometry
 from imageserver.threads import run_blocks
 
 ALGORITHMS = ("dispersion_extended", "dispersion")
@@ -102,66 +96,6 @@ class SpotFinderParams:
         for name, ok in checks.items():
             if not ok:
                 raise RequestError(f"spot finding: {name}={getattr(self, name)!r} is out of range")
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """A flat detector normal to the beam: enough for resolution until tilt matters.
-
-    The beam centre is the header's, taken as DIALS takes it: dxtbx turns it into millimetres
-    from the detector's corner, so a pixel index i sits at i + 0.5 from it. d is 1/|s1 − s0|
-    as DIALS maps a centroid to reciprocal space.
-    """
-
-    beam_x_px: float
-    beam_y_px: float
-    distance_m: float
-    wavelength_a: float
-    pixel_size_x_m: float
-    pixel_size_y_m: float
-
-    @classmethod
-    def from_meta(cls, meta: FrameMeta, path: object = "") -> Geometry:
-        values = {
-            "beam_center_x_px": meta.beam_center_x_px,
-            "beam_center_y_px": meta.beam_center_y_px,
-            "distance_m": meta.distance_m,
-            "wavelength_a": meta.wavelength_a,
-            "pixel_size_x_m": meta.pixel_size_x_m,
-            "pixel_size_y_m": meta.pixel_size_y_m,
-        }
-        missing = [k for k, v in values.items() if v is None or not math.isfinite(v)]
-        missing += [
-            k for k in ("distance_m", "wavelength_a", "pixel_size_x_m", "pixel_size_y_m")
-            if k not in missing and cast(float, values[k]) <= 0
-        ]  # fmt: skip
-        if missing:
-            raise MissingMetadataError(
-                f"{path}: resolution needs {', '.join(missing)}, which the file does not give"
-            )
-        return cls(*(float(cast(float, v)) for v in values.values()))
-
-    def d_spacing_a(self, x_px: FloatArray, y_px: FloatArray) -> FloatArray:
-        """Resolution (Å) at pixel-index coordinates; inf at the beam itself."""
-        dx = (np.asarray(x_px, dtype=np.float64) + 0.5 - self.beam_x_px) * self.pixel_size_x_m
-        dy = (np.asarray(y_px, dtype=np.float64) + 0.5 - self.beam_y_px) * self.pixel_size_y_m
-        length = np.sqrt(dx * dx + dy * dy + self.distance_m * self.distance_m)
-        d_star_sq = (
-            (dx / length) ** 2 + (dy / length) ** 2 + (self.distance_m / length - 1.0) ** 2
-        ) / (self.wavelength_a * self.wavelength_a)
-        with np.errstate(divide="ignore"):
-            return cast(FloatArray, 1.0 / np.sqrt(d_star_sq))
-
-    def radius_sq_m2(self, d_a: float) -> float:
-        """Squared distance from the beam (m²) at which resolution d_a is reached (inf when a
-        flat detector never reaches it)."""
-        sin_theta = self.wavelength_a / (2.0 * d_a)
-        if sin_theta >= 1.0:
-            return math.inf
-        two_theta = 2.0 * math.asin(sin_theta)
-        if two_theta >= math.pi / 2:
-            return math.inf
-        return (self.distance_m * math.tan(two_theta)) ** 2
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
