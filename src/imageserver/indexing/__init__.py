@@ -6,7 +6,12 @@ which drives DIALS (`pipeline`). docs/indexing.md describes all three.
 """
 
 from imageserver.indexing.contract import ERROR_CODES, IndexingInput, error_result
-from imageserver.indexing.inputs import IndexingInputError, build_input, parse_frames
+from imageserver.indexing.inputs import (
+    IndexingInputError,
+    build_input,
+    parse_frames,
+    rapd_detector,
+)
 from imageserver.indexing.runner import (
     DEFAULT_COMMAND,
     IndexingOutcome,
@@ -24,5 +29,6 @@ __all__ = [
     "error_result",
     "minimal_environment",
     "parse_frames",
+    "rapd_detector",
     "run_indexing",
 ]

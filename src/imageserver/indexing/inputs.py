@@ -14,6 +14,9 @@ from pathlib import Path
 from imageserver.indexing.contract import IndexingInput
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+LSCAT_EIGER2_VERSION = "1.8.0"
+"""The DCU software version that marks LS-CAT's Eiger2 16M (legacy server, `index` step 1)."""
+LSCAT_EIGER2_DETECTOR = "lscat_dectris_eiger2_16m"
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<digits>\d+)(?P<suffix>\.[A-Za-z][\w.]*)$")
 
 
@@ -55,6 +58,24 @@ def build_input(
     if is_hdf5(paths[0]):
         return IndexingInput(paths, frames, detector)
     return IndexingInput(run_files(paths[0], frames), None, detector)
+
+
+def rapd_detector(path: Path) -> str | None:
+    """RAPD's ``--detector`` for ``path``, as the legacy server chose it: LS-CAT's Eiger2 16M
+    (a master whose DCU software version is 1.8.0) needs it named, anything else does not."""
+    if not is_hdf5(path):
+        return None
+    import h5py  # only for masters
+
+    try:
+        with h5py.File(path, "r") as master:
+            version = master.get("/entry/instrument/detector/detectorSpecific/software_version")
+            value = version[()] if isinstance(version, h5py.Dataset) else None
+    except OSError:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return LSCAT_EIGER2_DETECTOR if value == LSCAT_EIGER2_VERSION else None
 
 
 def run_files(member: Path, frames: tuple[int, int]) -> tuple[Path, ...]:

@@ -217,7 +217,8 @@ def dials_complaint(output: str) -> str:
             return line.removeprefix("Sorry:").strip()
     for line in reversed(lines):
         if not line.startswith(("File ", "Traceback", "^", "~")):
-            return re.sub(r"^[A-Za-z_.]*(Error|Exception|Sorry): ", "", line)[:500]
+            line = re.sub(r"^[A-Za-z_.]*(Error|Exception|Sorry): ", "", line)
+            return re.sub(r"^Please report this error to \S+: ", "", line)[:500]
     return "it gave no reason"
 
 
