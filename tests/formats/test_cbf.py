@@ -67,6 +67,8 @@ def test_thau_metadata_is_the_header_text(shared_data: Path) -> None:
         "y_pixel_size": 172e-6,
         "integrationTime": 0.019,
         "image_depth": 4,
+        "sensor_material": "Si",  # "# Silicon sensor, thickness 0.000450 m"
+        "sensor_thickness": 0.00045,
     }
 
 
