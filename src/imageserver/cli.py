@@ -16,8 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from imageserver import __version__, indexing
 from imageserver.allocator import tune_allocator
+from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.client import ReplyTimeoutError, send_request
 from imageserver.config import load_settings
 from imageserver.demo import run_demo as demo
@@ -25,6 +28,7 @@ from imageserver.errors import FrameRangeError, ImageServerError
 from imageserver.formats import read_meta
 from imageserver.formats.legacy import legacy_meta
 from imageserver.imaging.encode import JPEG_CHROMA
+from imageserver.imaging.spotfinder import ALGORITHMS
 from imageserver.logs import configure_logging
 from imageserver.render import Look, ViewSpec, render_file
 from imageserver.sampledata.dataset import write_sample_data
@@ -92,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("file", type=Path)
     meta.add_argument("--frame", type=int, default=1)
     meta.set_defaults(command=run_meta)
+
+    analysis = sub.add_parser("analysis", help="DIALS's spots and per-image numbers as JSON")
+    analysis.add_argument("files", nargs="+", type=Path, help="frame files or Eiger masters")
+    analysis.add_argument("--frame", type=int, default=None, help="1-based (default: all)")
+    analysis.add_argument("--d-min", type=float, default=None, help="high resolution limit Å")
+    analysis.add_argument("--d-max", type=float, default=None, help="low resolution limit Å")
+    analysis.add_argument(
+        "--algorithm", choices=ALGORITHMS, default="dispersion_extended", help="threshold"
+    )
+    analysis.add_argument("--no-ice-filter", action="store_true", help="keep ice-ring spots")
+    analysis.set_defaults(command=run_analysis)
 
     thumbs = sub.add_parser("thumbnails", help="JPEG thumbnails of every frame of every input")
     thumbs.add_argument("inputs", nargs="+", type=Path, help="files or directories")
@@ -218,6 +233,27 @@ def run_meta(args: argparse.Namespace) -> int:
     print(
         json.dumps(legacy_meta(meta, fn=str(args.file), frame=args.frame), indent=2, sort_keys=True)
     )
+    return 0
+
+
+def run_analysis(args: argparse.Namespace) -> int:
+    """One JSON object per frame on stdout (file, frame, then the analysis result)."""
+    params = AnalysisParams(
+        d_min=args.d_min,
+        d_max=args.d_max,
+        algorithm=args.algorithm,
+        filter_ice=not args.no_ice_filter,
+    )
+    jobs: list[tuple[Path, int]] = []
+    for path in args.files:
+        if args.frame is not None:
+            jobs.append((path, args.frame))
+        else:
+            meta = read_meta(path)
+            jobs.extend((path, n) for n in range(meta.first_frame, meta.last_frame + 1))
+    for path, number in tqdm(jobs, unit="frame", disable=len(jobs) < 2, file=sys.stderr):
+        result = analyse_file(path, number, params)
+        print(json.dumps({"file": str(path), "frame": number, **result.to_json()}), flush=True)
     return 0
 
 
