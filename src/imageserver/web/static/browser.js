@@ -20,6 +20,7 @@ function frameSummary(d) {
   const n = d.frames ?? (d.last_frame != null && d.first_frame != null ? d.last_frame - d.first_frame + 1 : null);
   if (n == null) return '';
   if (n === 1) return '1 frame';
+  if (d.first_frame === 1 && d.last_frame === n) return `${n} frames`; // the range says no more
   return `${n} frames (${d.first_frame}–${d.last_frame})`;
 }
 

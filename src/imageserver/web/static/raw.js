@@ -235,17 +235,23 @@ export function colourise(raw, levels, cmapName, out) {
   const overload = pal[257];
   const top = pal[255];
   const bottom = pal[0];
-  if (raw.maxValue <= (1 << 20)) {
-    // A table over every value present: one lookup per pixel while dragging.
-    const size = raw.maxValue + 1;
-    const table = new Uint32Array(size);
-    for (let v = 0; v < size; v++) {
+  // A table up to the black level (every value above it is the top colour): one lookup per
+  // pixel while dragging.
+  const limit = Math.min(raw.maxValue, white + span);
+  if (limit <= (1 << 20)) {
+    const table = new Uint32Array(limit + 1);
+    for (let v = 0; v <= limit; v++) {
       const d = v - white;
       table[v] = d <= 0 ? bottom : d >= span ? top : pal[Math.floor((255 * d) / span)];
     }
     for (let i = 0; i < n; i++) {
       const f = flags[i];
-      out[i] = f === 0 ? table[values[i]] : f === 1 ? masked : overload;
+      if (f === 0) {
+        const v = values[i];
+        out[i] = v <= limit ? table[v] : top;
+      } else {
+        out[i] = f === 1 ? masked : overload;
+      }
     }
     return out;
   }

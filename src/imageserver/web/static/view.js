@@ -33,6 +33,7 @@ class Layer {
 
   setRaw(raw, levels, cmap) {
     this.raw = raw;
+    this.look = null;
     this.canvas.width = raw.width;
     this.canvas.height = raw.height;
     this.imageData = new ImageData(raw.width, raw.height);
@@ -41,6 +42,9 @@ class Layer {
 
   colour(levels, cmap) {
     if (!this.raw) return;
+    const look = `${levels.black}|${levels.white}|${cmap}`;
+    if (look === this.look) return; // already coloured so
+    this.look = look;
     colourise(this.raw, levels, cmap, new Uint32Array(this.imageData.data.buffer));
     this.canvas.getContext('2d').putImageData(this.imageData, 0, 0);
   }

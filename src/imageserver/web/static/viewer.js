@@ -142,11 +142,23 @@ function cachePut(key, value) {
   while (rawCache.size > RAW_CACHE_ENTRIES) rawCache.delete(rawCache.keys().next().value);
 }
 
+/** Run `task` once the page has painted (the next frame's neighbours wait for this one). */
+function afterPaint(task) {
+  requestAnimationFrame(() => setTimeout(task, 0));
+}
+
+function whenIdle(task) {
+  if (typeof requestIdleCallback === 'function') requestIdleCallback(task, { timeout: 500 });
+  else setTimeout(task, 0);
+}
+
 function rawRequest(req, key, priority) {
   const params = { esaf: state.esaf, path: req.path, frame: req.frame, size: OVERVIEW_SIZE };
   return frames.request(`raw|${key}`, (signal) => api.imageRaw(params, { signal }), { priority })
     .then((result) => {
       cachePut(key, result);
+      // A prefetched view's statistics while the page is idle, not when it is shown.
+      if (key !== state.wantKey) whenIdle(() => rawStats(result.raw));
       return result;
     });
 }
@@ -245,7 +257,7 @@ function loadCurrent() {
   const cached = cacheGet(key);
   if (cached) {
     displayRaw(key, n, cached);
-    prefetch();
+    afterPaint(prefetch);
     return;
   }
   if (sameAsBefore && state.attempt && state.attempt.key === key && state.attempt.pending > 0) return;
@@ -253,15 +265,28 @@ function loadCurrent() {
   state.attempt = attempt;
   setImageState('loading');
 
-  // First paint from a JPEG, unless the raw view is already on its way.
-  if (!frames.isRunning(`raw|${key}`)) startJpeg(attempt, req);
+  // First paint from a JPEG, unless the raw view is already on its way; the raw view after
+  // the JPEG (asked for together, they share the worker's cores and both come later).
+  const first = frames.isRunning(`raw|${key}`) ? Promise.resolve(true) : startJpeg(attempt, req);
+  first.then((jpegOk) => {
+    if (!jpegOk || state.wantKey !== key) {
+      attempt.raw = 'skipped'; // failed as the JPEG did, or no longer wanted
+      attempt.pending--;
+      return;
+    }
+    fetchRaw(attempt, req);
+  });
+}
+
+function fetchRaw(attempt, req) {
+  const { key, frame: n } = attempt;
   rawRequest(req, key, 2).then(
     (result) => {
       attempt.raw = 'ok';
       attempt.pending--;
       if (state.wantKey !== key) return;
       displayRaw(key, n, result);
-      prefetch();
+      afterPaint(prefetch);
     },
     (err) => {
       attempt.pending--;
@@ -277,24 +302,27 @@ function loadCurrent() {
   );
 }
 
+/** Ask for the frame's JPEG; resolves to whether it came (never rejects). */
 function startJpeg(attempt, req) {
   const { key, frame: n } = attempt;
   attempt.jpeg = 'pending';
   attempt.pending++;
-  jpegRequest(req, key).then(
+  return jpegRequest(req, key).then(
     ({ bitmap, info }) => {
       attempt.jpeg = 'ok';
       attempt.pending--;
-      if (state.wantKey !== key) return;
-      if (state.shown && state.shown.key === key && state.shown.source === 'raw') return;
+      if (state.wantKey !== key) return true;
+      if (state.shown && state.shown.key === key && state.shown.source === 'raw') return true;
       displayBitmap(key, n, bitmap, info);
       if (attempt.raw === 'error') setStatus(`Contrast by the server (no raw view: ${attempt.rawError.message})`);
+      return true;
     },
     (err) => {
       attempt.pending--;
-      if (api.isAbort(err)) { attempt.jpeg = 'aborted'; return; }
+      if (api.isAbort(err)) { attempt.jpeg = 'aborted'; return false; }
       attempt.jpeg = 'error';
       imageFailed(attempt, err);
+      return false;
     },
   );
 }
@@ -389,7 +417,6 @@ function displayRaw(key, n, { raw, info }) {
   view.setColouring(state.levels || percentileLevels(raw), state.colormap);
   view.showRaw(raw, info.window);
   markShown(key, n, 'raw', info, raw);
-  histogramFor(raw, true);
   drawHistogram();
   requestTiles();
 }
@@ -531,7 +558,7 @@ function setAuto({ url = true } = {}) {
 
 // ---------------------------------------------------------------- histogram
 
-const hist = { raw: null, data: null, drag: null };
+const hist = { raw: null, data: null, drag: null, stale: false, pending: false };
 
 function histogramFor(raw, fresh = false) {
   if (!raw) return null;
@@ -546,7 +573,17 @@ function histogramFor(raw, fresh = false) {
   return hist.data;
 }
 
+/** Draw the histogram after the image's next paint (the image first; calls coalesce). */
 function drawHistogram() {
+  if (hist.pending) return;
+  hist.pending = true;
+  requestAnimationFrame(() => setTimeout(() => {
+    hist.pending = false;
+    paintHistogram();
+  }, 0));
+}
+
+function paintHistogram() {
   const canvas = ui.histogram;
   const dpr = window.devicePixelRatio || 1;
   const w = Math.max(1, Math.round(canvas.clientWidth * dpr));
@@ -558,7 +595,8 @@ function drawHistogram() {
   const ctx = canvas.getContext('2d');
   ctx.clearRect(0, 0, w, h);
   const raw = state.shown && state.shown.raw;
-  const data = raw ? histogramFor(raw) : null;
+  const data = raw ? histogramFor(raw, hist.stale) : null;
+  hist.stale = false;
   ctx.font = `${10 * dpr}px system-ui, sans-serif`;
   if (!data) {
     ctx.fillStyle = '#8a93a3';
@@ -588,7 +626,9 @@ function drawHistogram() {
     ctx.fillRect(x, barH + 1 * dpr, 2, rampH);
   }
   // Markers.
-  const marker = (v, colour, label) => {
+  // Markers; the white level's label left of its line, the black level's right of it,
+  // the second one lower down when they would overlap.
+  const marker = (v, colour, label, side, taken = null) => {
     const x = Math.min(Math.max(xOf(v), 1), w - 1);
     ctx.fillStyle = colour;
     ctx.fillRect(x - dpr, 0, 2 * dpr, barH);
@@ -597,10 +637,15 @@ function drawHistogram() {
     ctx.lineTo(x + 5 * dpr, 0);
     ctx.lineTo(x, 7 * dpr);
     ctx.fill();
-    ctx.fillText(label, Math.min(x + 3 * dpr, w - 40 * dpr), 18 * dpr);
+    const tw = ctx.measureText(label).width;
+    let tx = side < 0 ? x - 4 * dpr - tw : x + 4 * dpr;
+    tx = Math.min(Math.max(tx, 2 * dpr), w - tw - 2 * dpr);
+    const overlaps = taken && tx < taken[1] + 4 * dpr && tx + tw > taken[0] - 4 * dpr;
+    ctx.fillText(label, tx, (overlaps ? 30 : 18) * dpr);
+    return [tx, tx + tw];
   };
-  marker(lv.white, '#e8ecf2', `W ${lv.white}`);
-  marker(lv.black, '#ffc428', `B ${lv.black}`);
+  const whiteLabel = marker(lv.white, '#e8ecf2', `W ${lv.white}`, -1);
+  marker(lv.black, '#ffc428', `B ${lv.black}`, 1, whiteLabel);
   ctx.fillStyle = '#8a93a3';
   ctx.fillText(String(Math.round(data.lo)), 2 * dpr, h - 2 * dpr);
   const hiText = String(Math.round(data.hi));
@@ -637,7 +682,7 @@ function bindHistogram() {
   const end = () => {
     if (!hist.drag) return;
     hist.drag = null;
-    histogramFor(state.shown && state.shown.raw, true);
+    hist.stale = true;
     drawHistogram();
   };
   canvas.addEventListener('pointerup', end);
@@ -759,7 +804,7 @@ function renderInfo() {
       rows.push(['Beam', `${m.beam_center_x_px.toFixed(1)}, ${m.beam_center_y_px.toFixed(1)} px`]);
     }
     if (Number.isFinite(m.pixel_size_x_m)) rows.push(['Pixel', `${(m.pixel_size_x_m * 1e6).toFixed(0)} µm`]);
-    if (Number.isFinite(m.exposure_time_s)) rows.push(['Exposure', `${m.exposure_time_s} s`]);
+    if (Number.isFinite(m.exposure_time_s)) rows.push(['Exposure', `${Number(m.exposure_time_s.toPrecision(4))} s`]);
     if (Number.isFinite(m.saturation_value)) rows.push(['Saturation', String(m.saturation_value)]);
   }
   if (state.meta && view.geometry) {
