@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,11 +52,11 @@ def job(tmp_path: Path) -> IndexingInput:
 
 
 def failure(
-    job: IndexingInput, workdir: Path, environment: dict[str, str], **options: float
+    job: IndexingInput, workdir: Path, environment: dict[str, str], timeout_s: float = 600.0
 ) -> IndexingError:
-    lines: list[str] = []
+    """The error ``run_pipeline`` raises (it must raise one)."""
     with pytest.raises(IndexingError) as raised:
-        run_pipeline(job, lines.append, workdir=workdir, environment=environment, **options)
+        run_pipeline(job, print, workdir=workdir, environment=environment, timeout_s=timeout_s)
     return raised.value
 
 
@@ -173,3 +175,32 @@ def test_the_program_reports_failures_as_results(tmp_path: Path) -> None:
     assert outcome.exit_code == 0 and outcome.stderr_tail == ""
     assert seen == ["failed: DIALS is not installed: dials.index is not on PATH"]
     assert os.listdir(tmp_path / "scratch") == []
+
+
+def test_stopping_the_program_stops_its_dials_step(tmp_path: Path) -> None:
+    """A DIALS step leads a group of its own; the runner's SIGTERM must still reach it."""
+    frame = tmp_path / "x_00001.cbf"
+    frame.write_bytes(b"###CBF")
+    pid_file = tmp_path / "sleeper.pid"
+    dials = fake_dials(tmp_path, dials_find_spots=f"sleep 600 & echo $! > {pid_file}; wait")
+    environment = minimal_environment(dials["PATH"], **{DIALS_PATH_VARIABLE: dials["PATH"]})
+    outcome = run_indexing(
+        IndexingInput((frame,)),
+        scratch_root=tmp_path / "scratch",
+        timeout_s=20.0,
+        environment=environment,
+        cancel=_CancelWhen(pid_file.exists),
+    )
+    assert outcome.result["error"]["code"] == "cancelled"
+    assert is_gone(int(pid_file.read_text()))
+
+
+class _CancelWhen(threading.Event):
+    """Set once ``condition()`` holds (the runner asks whenever it polls)."""
+
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        super().__init__()
+        self.condition = condition
+
+    def is_set(self) -> bool:
+        return self.condition()

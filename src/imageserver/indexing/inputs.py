@@ -37,8 +37,11 @@ def parse_frames(text: str) -> tuple[int, int]:
 
 
 def is_hdf5(path: Path) -> bool:
-    with path.open("rb") as stream:
-        return stream.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    try:
+        with path.open("rb") as stream:
+            return stream.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+    except OSError as exc:
+        raise IndexingInputError(f"{path}: {exc.strerror or exc}") from None
 
 
 def build_input(

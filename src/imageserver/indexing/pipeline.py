@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from imageserver.indexing.contract import IndexingInput
-from imageserver.indexing.processes import kill_group, seconds_left
+from imageserver.indexing.processes import die_with_parent, kill_group, seconds_left
 from imageserver.indexing.results import build_result
 
 MIN_STRONG_SPOTS = 20
@@ -180,6 +180,7 @@ class _StepRunner:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=die_with_parent,  # the indexer has one thread
                 )
             except FileNotFoundError:
                 raise IndexingError(

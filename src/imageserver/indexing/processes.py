@@ -9,10 +9,15 @@ SIGKILL to the group.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
+
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 TERM_GRACE_S = 2.0
 """How long a group gets between SIGTERM and SIGKILL: time for DIALS to stop its own pool."""
@@ -36,6 +41,16 @@ def reap_group(process: subprocess.Popen[bytes]) -> None:
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is empty
         os.killpg(pgid, signum)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGKILL when the parent dies, even by SIGKILL (Linux only).
+
+    The indexer stops its DIALS step itself on SIGTERM; this covers the runner's SIGKILL.
+    Safe as a ``preexec_fn`` only in a single-threaded parent, which the indexer is.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def seconds_left(deadline: float) -> float:

@@ -61,8 +61,14 @@ class IndexingOutcome:
 
 
 def minimal_environment(path: str | None = None, **extra: str) -> dict[str, str]:
-    """PATH, HOME and LANG, nothing inherited: the child never sees the caller's secrets."""
-    home = os.environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+    """PATH, HOME and LANG, nothing inherited: the child never sees the caller's secrets.
+
+    HOME is the running user's (a worker that changed its uid may still carry root's HOME).
+    """
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = os.environ.get("HOME", "/")
     environment = {
         "PATH": path or "/usr/local/bin:/usr/bin:/bin",
         "HOME": home,
