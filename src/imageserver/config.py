@@ -246,6 +246,34 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class IndexSettings:
+    """Autoindexing jobs (`index` requests): what runs, where, and how many at once."""
+
+    SECTION: ClassVar[str] = "index"
+    command: str = ""
+    """The indexer, a command with RAPD's contract (``--json --json-fd J --progress-fd P
+    [--detector D] FILES…``), split like a shell would; "" is the built-in DIALS pipeline."""
+    scratch_root: str = "/tmp"
+    """Where each job gets its own directory, made by and for the user (0700)."""
+    keep_scratch: bool = False
+    max_jobs: int = 2
+    """Jobs running at once on this node; later ones wait in order."""
+    progress_hosts: str = "127.0.0.1,localhost,::1"
+    """Redis hosts a request may name for its progress messages (comma-separated); a
+    request naming another host gets no progress messages, never a connection elsewhere."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_jobs >= 1, self.SECTION, "max_jobs", "must be ≥ 1")
+        _require(
+            self.scratch_root.startswith("/"), self.SECTION, "scratch_root", "must be absolute"
+        )
+
+    @property
+    def progress_host_set(self) -> frozenset[str]:
+        return frozenset(host.strip() for host in self.progress_hosts.split(",") if host.strip())
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     SECTION: ClassVar[str] = "logging"
     level: str = "INFO"
@@ -272,6 +300,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
 
 
 def load_settings(path: Path | None = None) -> Settings:

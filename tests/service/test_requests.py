@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from imageserver.config import LimitSettings
 from imageserver.errors import RequestError
 from imageserver.service.requests import (
+    CancelRequest,
+    IndexRequest,
     JpegRequest,
     MetaRequest,
     ObsoleteRequest,
@@ -133,7 +135,62 @@ def test_type_missing_unknown_or_not_a_string() -> None:
     assert refusal({"pid": PID, "type": "Thumbnail"}) == "Unknown job type 'Thumbnail'"
     assert refusal({"pid": PID, "type": 3}) == "field 'type' must be a string, not an integer"
     assert refusal({"pid": PID, "type": "index"}) == (
-        "Job type 'index' (RAPD autoindexing) is not supported by this server"
+        "Missing image file (fn1 or files) for an index request"
+    )
+
+
+def test_index_keeps_the_legacy_fields_and_takes_a_file_list() -> None:
+    legacy = parse_request(
+        encode(
+            {
+                "pid": PID,
+                "type": "index",
+                "fn1": "/d/x_master.h5",
+                "fn2": "/d/x_master.h5",
+                "frame1": 1,
+                "frame2": 15,
+                "tag": "run7",
+                "progressPublisher": "progress",
+                "progressAddress": "127.0.0.1",
+                "progressPort": 6379,
+            }
+        )
+    )
+    assert isinstance(legacy, IndexRequest)
+    assert legacy.inputs == ("/d/x_master.h5",)
+    assert (legacy.frame1, legacy.frame2, legacy.progress_port) == (1, 15, 6379)
+    assert legacy.progress_tag == "run7"
+    files = parse_request(
+        encode({"pid": PID, "type": "index", "files": ["/d/a_1.cbf", "/d/a_2.cbf"]})
+    )
+    assert isinstance(files, IndexRequest) and files.inputs == ("/d/a_1.cbf", "/d/a_2.cbf")
+    assert files.progress_tag == "Tag_Not_Found"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"files": "/d/a.cbf"}, "field 'files' must be an array of paths, not a string"),
+        ({"files": [""]}, "field 'files' holds an empty path"),
+        ({"files": [3]}, "field 'files' must be a string, not an integer"),
+        ({"fn1": "/a", "frame1": 5, "frame2": 2}, "frames 5–2 are not a range of frames"),
+        (
+            {"fn1": "/a", "progressPort": 70000},
+            "field 'progressPort' must be a port number, not 70000",
+        ),
+        ({"fn1": "/a", "keep": 1}, "field 'keep' must be true or false, not an integer"),
+    ],
+)
+def test_index_refusals(fields: dict[str, Any], message: str) -> None:
+    assert refusal({"pid": PID, "type": "index", **fields}) == message
+
+
+def test_cancel_names_a_tag() -> None:
+    assert isinstance(
+        parse_request(encode({"pid": PID, "type": "cancel", "tag": "t"})), CancelRequest
+    )
+    assert refusal({"pid": PID, "type": "cancel"}) == (
+        "Missing tag for a cancel request: it names the job to stop"
     )
 
 

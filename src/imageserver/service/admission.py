@@ -9,6 +9,7 @@ of ESAFs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class RequestInfo:
     esaf: int | None = None
     session: str = ""
     fn: str = ""
+    tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ def make_admit(settings: Settings, verifier: SessionVerifier) -> Callable[[bytes
             esaf=request.esaf,
             session=request.session_hash,
             fn=str(getattr(request, "fn", "") or getattr(request, "dir", "")),
+            tag=request.tag or "",
         )
         login = ""
         try:
@@ -86,4 +89,4 @@ def make_admit(settings: Settings, verifier: SessionVerifier) -> Callable[[bytes
 
 
 def _with_login(info: RequestInfo, login: str) -> RequestInfo:
-    return RequestInfo(info.type, login, info.esaf, info.session, info.fn)
+    return dataclasses.replace(info, login=login)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from imageserver.cache.renderer import CachedRenderer
-from imageserver.config import DEFAULT_LIMITS, LimitSettings
+from imageserver.config import DEFAULT_LIMITS, IndexSettings, LimitSettings
 from imageserver.errors import ImageServerError, MissingMetadataError, RequestError
 from imageserver.formats import read_meta
 from imageserver.formats.base import frame_range_error
@@ -41,9 +41,12 @@ from imageserver.imaging.encode import encode_jpeg
 from imageserver.imaging.label import add_label
 from imageserver.imaging.reduce import Flags, Reduced
 from imageserver.render import Look, ReducedView, ViewSpec, series_meta, source_window, view_levels
+from imageserver.service.index_jobs import IndexJobs, monotonic_deadline
 from imageserver.service.meta_json import MetaJsonCache
 from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.requests import (
+    CancelRequest,
+    IndexRequest,
     JpegRequest,
     LatestRequest,
     ListRequest,
@@ -73,15 +76,31 @@ _META_JSON = MetaJsonCache()
 
 
 class Jobs:
-    """A worker's handler: its renderer (and caches) and the limits every request obeys."""
+    """A worker's handler: its renderer (and caches), its index jobs, and the limits every
+    request obeys."""
 
-    def __init__(self, renderer: CachedRenderer, limits: LimitSettings | None = None) -> None:
+    def __init__(
+        self,
+        renderer: CachedRenderer,
+        limits: LimitSettings | None = None,
+        index: IndexJobs | None = None,
+    ) -> None:
         """``limits`` default to the renderer's, so parsing and rendering cannot disagree."""
         self.renderer = renderer
         self.limits = limits or renderer.limits
+        self.index = index or IndexJobs(IndexSettings())
 
     def __call__(self, payload: bytes) -> Reply:
-        return handle(payload, self.limits, self.renderer)
+        return handle(payload, self.limits, self.renderer, index=self.index)
+
+    def is_long(self, payload: bytes) -> bool:
+        """An index job: it gets a thread of its own, never a view job's."""
+        return payload_type(payload) == "index"
+
+    def run_long(self, payload: bytes, deadline_ns: int) -> Reply:
+        return handle(
+            payload, self.limits, self.renderer, index=self.index, deadline_ns=deadline_ns
+        )
 
     def release_idle(self) -> None:
         release = getattr(self.renderer, "release_idle", None)
@@ -93,6 +112,9 @@ def handle(
     payload: bytes,
     limits: LimitSettings | None = None,
     renderer: CachedRenderer | None = None,
+    *,
+    index: IndexJobs | None = None,
+    deadline_ns: int = 0,
 ) -> Reply:
     """One payload in, one typed reply out; never raises for bad input or a bad file.
 
@@ -104,6 +126,9 @@ def handle(
     except ImageServerError as exc:
         return Failure.of(exc)
     try:
+        if isinstance(request, IndexRequest | CancelRequest):
+            jobs = index or IndexJobs(IndexSettings())
+            return run_index(request, jobs, monotonic_deadline(deadline_ns))
         return JOBS[type(request)](request, renderer or _uncached(limits), limits)
     except ImageServerError as exc:
         if isinstance(request, JpegRequest) and request.image_format == "jpeg":
@@ -237,6 +262,27 @@ def _json(value: object) -> bytes:
 def run_obsolete(request: Request, _renderer: CachedRenderer, _limits: LimitSettings) -> Success:
     assert isinstance(request, ObsoleteRequest)
     raise RequestError(f"Obsolete job type '{request.type_name}'", reason="obsolete_type")
+
+
+def run_index(request: Request, index: IndexJobs, deadline: float) -> Success:
+    """``["", job, result]``: the indexing result, or its error result (legacy §2.5)."""
+    if isinstance(request, CancelRequest):
+        stopped = index.cancel(request.tag or "")
+        return Success((echo_job(request), json.dumps({"cancelled": stopped}).encode()))
+    assert isinstance(request, IndexRequest)
+    result = index.run(request, deadline)
+    return Success((echo_job(request), json.dumps(result, allow_nan=False).encode()))
+
+
+def payload_type(payload: bytes) -> str:
+    """The request's type, lower-case, or "" when the payload is not a JSON object with one;
+    the full parse (and its refusal) happens in the job."""
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind.lower() if isinstance(kind, str) else ""
 
 
 def run_whoami(request: Request, _renderer: CachedRenderer, _limits: LimitSettings) -> Success:

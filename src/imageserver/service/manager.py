@@ -17,6 +17,7 @@ instead of a new fork per request. Refusals are written to the log as one line e
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -35,7 +36,7 @@ from typing import Any
 
 import zmq
 
-from imageserver.errors import DeadlineError, InternalError, WorkerError
+from imageserver.errors import CancelledError, DeadlineError, InternalError, WorkerError
 from imageserver.service import link
 from imageserver.service.admission import Admission, RequestInfo
 from imageserver.service.identity import Identity
@@ -78,6 +79,8 @@ class ManagerLimits:
     worker_threads: int = 4
     auth_threads: int = 4
     failed_start_retry_s: float = 30.0
+    max_index_jobs: int = 2
+    """Index jobs running at once on this node (all workers); later ones wait in order."""
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Pending:
     info: RequestInfo | None = None
     worker: WorkerSlot | None = None
     typed: bool = False
+    identity: Identity | None = None
 
 
 class Manager:
@@ -144,6 +148,8 @@ class Manager:
         self._by_pid: dict[int, WorkerSlot] = {}
         self._failed: dict[WorkerKey, tuple[Failure, float]] = {}
         self._ids = itertools.count(1)
+        self._index_running: set[bytes] = set()
+        self._index_waiting: collections.deque[bytes] = collections.deque()
         self._admitted: queue.SimpleQueue[tuple[bytes, Admission]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
         self._auth_pool = ThreadPoolExecutor(limits.auth_threads, thread_name_prefix="auth")
@@ -243,18 +249,57 @@ class Manager:
                 assert admission.failure is not None
                 self._finish(request_id, Failure.of(admission.failure))
                 continue
-            key = worker_key(admission.identity)
-            failed = self._failed.get(key)
-            if failed is not None and failed[1] > time.monotonic():
-                self._finish(request_id, failed[0])
+            pending.identity = admission.identity
+            if admission.info.type == "cancel":
+                self._cancel_waiting(admission.identity, admission.info.tag)
+            if admission.info.type == "index" and not self._index_turn(request_id):
+                self._index_waiting.append(request_id)
                 continue
-            slot = self._workers.get(key) or self._spawn(admission.identity)
-            slot.last_used = time.monotonic()
-            pending.worker = slot
-            if slot.is_ready:
-                self._dispatch(slot, request_id)
-            else:
-                slot.waiting.append(request_id)
+            self._route(request_id, admission.identity)
+
+    def _route(self, request_id: bytes, identity: Identity) -> None:
+        """Hand an admitted request to its identity's worker (started if need be)."""
+        pending = self._pending[request_id]
+        key = worker_key(identity)
+        failed = self._failed.get(key)
+        if failed is not None and failed[1] > time.monotonic():
+            self._finish(request_id, failed[0])
+            return
+        slot = self._workers.get(key) or self._spawn(identity)
+        slot.last_used = time.monotonic()
+        pending.worker = slot
+        if slot.is_ready:
+            self._dispatch(slot, request_id)
+        else:
+            slot.waiting.append(request_id)
+
+    def _index_turn(self, request_id: bytes) -> bool:
+        """Whether an index job may start now; it then counts until it is answered."""
+        if len(self._index_running) >= self._limits.max_index_jobs:
+            return False
+        self._index_running.add(request_id)
+        return True
+
+    def _start_waiting_index_jobs(self) -> None:
+        while self._index_waiting and len(self._index_running) < self._limits.max_index_jobs:
+            request_id = self._index_waiting.popleft()
+            pending = self._pending.get(request_id)
+            if pending is None or pending.identity is None:
+                continue  # answered while it waited (deadline, cancel)
+            self._index_running.add(request_id)
+            self._route(request_id, pending.identity)
+
+    def _cancel_waiting(self, identity: Identity, tag: str) -> None:
+        """A cancel answers the identity's waiting index jobs of that tag at once; the
+        worker stops a running one."""
+        for request_id in list(self._index_waiting):
+            pending = self._pending.get(request_id)
+            if pending is None or pending.info is None or pending.identity is None:
+                continue
+            if worker_key(pending.identity) == worker_key(identity) and pending.info.tag == tag:
+                self._index_waiting.remove(request_id)
+                cancelled = CancelledError(f"index job {tag!r} cancelled before it started")
+                self._finish(request_id, Failure.of(cancelled))
 
     def _dispatch(self, slot: WorkerSlot, request_id: bytes) -> None:
         pending = self._pending[request_id]
@@ -477,6 +522,9 @@ class Manager:
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return
+        if request_id in self._index_running:
+            self._index_running.discard(request_id)
+            self._start_waiting_index_jobs()
         if isinstance(reply, Failure) and reply.code in AUDITED_CODES:
             _audit(reply, pending.info)
         self._front_send(pending.envelope, reply_frames(reply, typed=pending.typed))

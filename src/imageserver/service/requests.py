@@ -7,7 +7,8 @@ legacy server silently read as 0 is now refused: a number sent as a string, a re
 integer belongs (integral reals such as 512.0 are fine), ``true``, ``null``. Out-of-range
 sizes and zooms are refused instead of producing a blank image, and so are NaN, ±Infinity,
 lone surrogates, duplicate keys and nesting deeper than 64, so every accepted job can be
-echoed back as valid JSON. The ``index`` type (RAPD autoindexing) is not supported.
+echoed back as valid JSON. ``index`` (autoindexing, legacy §2.5) keeps its legacy fields and
+gains ``files`` and ``keep``; ``cancel`` stops the caller's index job of a ``tag``.
 
 Added to the legacy set (docs/http-api.md): jpeg's ``format`` and ``levels``, and the
 ``list`` and ``latest`` requests on a directory.
@@ -125,6 +126,41 @@ class LatestRequest(BaseRequest):
     dir: str
 
 
+MAX_INDEX_FILES = 10000
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexRequest(BaseRequest):
+    """Autoindexing of ``fn1`` (frames ``frame1``–``frame2`` of a master; 0: all), or of
+    ``fn1`` and ``fn2``, or of ``files``; progress PUBLISHed when the three progress fields
+    name a channel, an allowed host and a port."""
+
+    fn1: str = ""
+    fn2: str = ""
+    frame1: int = 0
+    frame2: int = 0
+    files: tuple[str, ...] = ()
+    keep: bool = False
+    progress_publisher: str = ""
+    progress_address: str = ""
+    progress_port: int = 0
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The files to index, each once, in the order given."""
+        named = self.files or (self.fn1, self.fn2)
+        return tuple(dict.fromkeys(name for name in named if name))
+
+    @property
+    def progress_tag(self) -> str:
+        return self.tag if self.tag is not None else "Tag_Not_Found"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest(BaseRequest):
+    """Stop the caller's index job with this ``tag`` (running or waiting)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ObsoleteRequest(BaseRequest):
     """One of the four rsync-era types; its handler answers "Obsolete job type '<t>'"."""
@@ -166,8 +202,6 @@ def parse_request(payload: bytes, limits: LimitSettings | None = None) -> Reques
     kind = type_name.lower()
     if kind in OBSOLETE_TYPES:
         return ObsoleteRequest(type_name=type_name, **common)
-    if kind == "index":
-        raise RequestError("Job type 'index' (RAPD autoindexing) is not supported by this server")
     build = _BUILDERS.get(kind)
     if build is None:
         raise RequestError(f"Unknown job type '{type_name}'")
@@ -254,6 +288,37 @@ def _build_latest(reader: _FieldReader, common: dict[str, Any]) -> LatestRequest
     return LatestRequest(dir=_required_dir(reader, "latest"), **common)
 
 
+def _build_index(reader: _FieldReader, common: dict[str, Any]) -> IndexRequest:
+    files = reader.path_list("files")
+    fn1 = reader.path("fn1")
+    if not fn1 and not files:
+        raise RequestError("Missing image file (fn1 or files) for an index request")
+    frame1, frame2 = reader.integer("frame1", 0), reader.integer("frame2", 0)
+    if frame1 < 0 or frame2 < 0 or (frame1 and frame2 and frame2 < frame1):
+        raise RequestError(f"frames {frame1}–{frame2} are not a range of frames")
+    port = reader.integer("progressPort", 0)
+    if not 0 <= port <= 65535:
+        raise RequestError(f"field 'progressPort' must be a port number, not {port}")
+    return IndexRequest(
+        fn1=fn1,
+        fn2=reader.path("fn2"),
+        frame1=frame1,
+        frame2=frame2,
+        files=files,
+        keep=reader.boolean("keep", False),
+        progress_publisher=reader.string("progressPublisher", ""),
+        progress_address=reader.string("progressAddress", ""),
+        progress_port=port,
+        **common,
+    )
+
+
+def _build_cancel(reader: _FieldReader, common: dict[str, Any]) -> CancelRequest:
+    if not common.get("tag"):
+        raise RequestError("Missing tag for a cancel request: it names the job to stop")
+    return CancelRequest(**common)
+
+
 _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "jpeg": _build_jpeg,
     "spots": _build_spots,
@@ -261,6 +326,8 @@ _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "whoami": _build_whoami,
     "list": _build_list,
     "latest": _build_latest,
+    "index": _build_index,
+    "cancel": _build_cancel,
 }
 
 
@@ -385,6 +452,28 @@ class _FieldReader:
         value = self.string(name, "")
         if "\x00" in value:
             raise RequestError(f"field '{name}' contains a NUL character")
+        return value
+
+    def path_list(self, name: str) -> tuple[str, ...]:
+        """An array of non-empty path strings (at most `MAX_INDEX_FILES`)."""
+        value = self.job.get(name, [])
+        if not isinstance(value, list):
+            raise RequestError(f"field '{name}' must be an array of paths, not {_json_type(value)}")
+        if len(value) > MAX_INDEX_FILES:
+            raise RequestError(f"field '{name}' lists more than {MAX_INDEX_FILES} files")
+        paths = []
+        for item in value:
+            reader = _FieldReader({name: item}, self.limits)
+            path = reader.path(name)
+            if not path:
+                raise RequestError(f"field '{name}' holds an empty path")
+            paths.append(path)
+        return tuple(paths)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.job.get(name, default)
+        if not isinstance(value, bool):
+            raise RequestError(f"field '{name}' must be true or false, not {_json_type(value)}")
         return value
 
 

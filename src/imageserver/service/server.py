@@ -63,6 +63,7 @@ def build_manager(
         worker_threads=settings.workers.threads,
         auth_threads=settings.workers.auth_threads,
         failed_start_retry_s=settings.workers.failed_start_retry_s,
+        max_index_jobs=settings.index.max_jobs,
     )
     return Manager(
         proxy_endpoints=[settings.proxy.back_endpoint],

@@ -9,12 +9,14 @@ identity's rights only. A worker that cannot become its identity (no home direct
 why in one FAILED message, so the manager can answer with that reason instead of retrying.
 
 Only the main thread touches the manager socket; job threads hand their replies back through
-a queue and a wake-up pipe. A job whose deadline passed while it queued is skipped. The main
+a queue and a wake-up pipe. A job whose deadline passed while it queued is skipped. Long jobs
+(indexing, `Handler.is_long`) run on threads of their own, so they never hold up a view. The main
 loop also notices an idle spell (and lets the caches shrink) and a vanished parent (and exits).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -26,7 +28,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import zmq
 
@@ -56,6 +58,14 @@ class Handler(Protocol):
 
     def release_idle(self) -> None:
         """Give memory back after an idle spell."""
+
+
+class LongJobs(Protocol):
+    """A handler that also runs long jobs (indexing) with their own deadline."""
+
+    def is_long(self, payload: bytes) -> bool: ...
+
+    def run_long(self, payload: bytes, deadline_ns: int) -> Reply: ...
 
 
 MakeHandler = Callable[[Identity, WorkerConfig, dict[str, Any]], Handler]
@@ -120,6 +130,7 @@ def limit_heap(limit_bytes: int) -> None:
 
 def _default_handler(identity: Identity, config: WorkerConfig, grant: dict[str, Any]) -> Handler:
     from imageserver.cache.renderer import renderer_for_worker
+    from imageserver.service.index_jobs import IndexJobs
     from imageserver.service.jobs import Jobs
 
     renderer = renderer_for_worker(
@@ -127,10 +138,10 @@ def _default_handler(identity: Identity, config: WorkerConfig, grant: dict[str, 
         config.cache,
         config.limits,
     )
-    return Jobs(renderer=renderer)
+    return Jobs(renderer=renderer, index=IndexJobs(config.index))
 
 
-def run_job(handler: Handler, job: link.Job, memory_limit_bytes: int) -> Reply:
+def run_job(handler: Callable[[bytes], Reply], job: link.Job, memory_limit_bytes: int) -> Reply:
     """One job to one typed reply, whatever happens inside it."""
     if time.monotonic_ns() > job.deadline_ns:
         return Failure.of(DeadlineError("the request was not started before its deadline"))
@@ -177,7 +188,19 @@ def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_p
         replies.put(link.reply(job.request_id, answer))
         os.write(wake_write, b"x")
 
-    with ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="job") as pool:
+    long_jobs = handler if _runs_long_jobs(handler) else None
+
+    def work_long(job: link.Job) -> None:
+        assert long_jobs is not None
+        run = functools.partial(long_jobs.run_long, deadline_ns=job.deadline_ns)
+        answer = run_job(run, job, config.memory_limit_bytes)
+        replies.put(link.reply(job.request_id, answer))
+        os.write(wake_write, b"x")
+
+    with (
+        ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="job") as pool,
+        ThreadPoolExecutor(max_workers=config.index.max_jobs, thread_name_prefix="long") as slow,
+    ):
         while True:
             events = dict(poller.poll(PARENT_CHECK_MS))
             if is_orphan(parent_pid):
@@ -196,7 +219,10 @@ def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_p
                         continue
                     in_flight += 1
                     is_released = False
-                    pool.submit(work, job)
+                    if long_jobs is not None and long_jobs.is_long(job.payload):
+                        slow.submit(work_long, job)
+                    else:
+                        pool.submit(work, job)
             if wake_read in events:
                 _drain(wake_read)
                 while not replies.empty():
@@ -207,6 +233,12 @@ def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_p
             if not is_released and in_flight == 0 and idle_s >= config.idle_release_s:
                 handler.release_idle()
                 is_released = True
+
+
+def _runs_long_jobs(handler: Handler) -> TypeGuard[LongJobs]:
+    return callable(getattr(handler, "is_long", None)) and callable(
+        getattr(handler, "run_long", None)
+    )
 
 
 def _drain(fd: int) -> None:

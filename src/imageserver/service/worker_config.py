@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from imageserver.cache.memory import automatic_budget_bytes
-from imageserver.config import CacheSettings, LimitSettings, Settings, section_from_table
+from imageserver.config import (
+    CacheSettings,
+    IndexSettings,
+    LimitSettings,
+    Settings,
+    section_from_table,
+)
 
 HEAP_HEADROOM_BYTES = 2 << 30
 """Above the cache budget: decode buffers of a few 16M frames in flight, numba, libraries."""
@@ -31,6 +37,7 @@ class WorkerConfig:
     """The heap ceiling (RLIMIT_DATA) in bytes; 0 for none."""
     idle_release_s: float
     log_level: str
+    index: IndexSettings = dataclasses.field(default_factory=IndexSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -42,6 +49,7 @@ class WorkerConfig:
             memory_limit_bytes=_memory_limit(settings),
             idle_release_s=min(60.0, settings.workers.idle_timeout_s / 2),
             log_level=settings.logging.level,
+            index=settings.index,
         )
 
     def to_json(self) -> bytes:
@@ -57,6 +65,7 @@ class WorkerConfig:
             memory_limit_bytes=int(table["memory_limit_bytes"]),
             idle_release_s=float(table["idle_release_s"]),
             log_level=str(table["log_level"]),
+            index=section_from_table(IndexSettings, table.get("index", {})),
         )
 
 

@@ -16,6 +16,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "missing_metadata": 422,
     "too_large": 422,
     "frame_error": 422,
+    "cancelled": 409,
+    "analysis_failed": 422,
     "busy": 503,
     "session_store_unavailable": 503,
     "cache_unavailable": 503,
