@@ -28,8 +28,10 @@ export function parseWindow(text) {
 }
 
 /**
- * Decode the body of a format=raw image: height × width little-endian values of `dtype`,
- * then height × width flag bytes. Returns {width, height, dtype, values, flags, maxValue}.
+ * Decode the body of a format=raw image: the values as byte planes (every pixel's least
+ * significant byte, then every pixel's next byte, … for the dtype's size), then height ×
+ * width flag bytes. Byte planes compress 2–3× faster than interleaved values (the high
+ * planes are nearly all zero). Returns {width, height, dtype, values, flags, maxValue}.
  */
 export function decodeRaw(buffer, dtype, shapeText) {
   const [height, width] = parseShape(shapeText);
@@ -44,20 +46,29 @@ export function decodeRaw(buffer, dtype, shapeText) {
       `raw view of ${width} × ${height} ${dtype} should be ${expected} bytes, got ${buffer.byteLength}`,
     );
   }
-  const Typed = itemsize === 2 ? Uint16Array : Uint32Array;
-  let values;
-  if (LITTLE_ENDIAN) {
-    values = new Typed(buffer, 0, n);
-  } else {
-    values = new Typed(n);
-    const dv = new DataView(buffer);
+  const values = itemsize === 2 ? new Uint16Array(n) : new Uint32Array(n);
+  const bytes = new Uint8Array(buffer, 0, n * itemsize);
+  let maxValue = 0;
+  if (itemsize === 2) {
+    const low = bytes.subarray(0, n);
+    const high = bytes.subarray(n, 2 * n);
     for (let i = 0; i < n; i++) {
-      values[i] = itemsize === 2 ? dv.getUint16(i * 2, true) : dv.getUint32(i * 4, true);
+      const v = low[i] | (high[i] << 8);
+      values[i] = v;
+      if (v > maxValue) maxValue = v;
+    }
+  } else {
+    const b0 = bytes.subarray(0, n);
+    const b1 = bytes.subarray(n, 2 * n);
+    const b2 = bytes.subarray(2 * n, 3 * n);
+    const b3 = bytes.subarray(3 * n, 4 * n);
+    for (let i = 0; i < n; i++) {
+      const v = (b0[i] | (b1[i] << 8) | (b2[i] << 16) | (b3[i] << 24)) >>> 0;
+      values[i] = v;
+      if (v > maxValue) maxValue = v;
     }
   }
   const flags = new Uint8Array(buffer, n * itemsize, n);
-  let maxValue = 0;
-  for (let i = 0; i < n; i++) if (values[i] > maxValue) maxValue = values[i];
   return { width, height, dtype, values, flags, maxValue };
 }
 
