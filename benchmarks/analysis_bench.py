@@ -9,6 +9,7 @@ process per run, as beamline scripts call it) where DIALS is installed.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -69,7 +70,7 @@ def main() -> int:
     print(f"{'frame':36} {'spots':>6} {'p50 ms':>8} {'p95 ms':>8}  DIALS find_spots")
     for name, frame, path in frames:
         result = analyse(frame)
-        times = sorted(timings_ms(lambda frame=frame: analyse(frame), args.runs))
+        times = sorted(timings_ms(functools.partial(analyse, frame), args.runs))
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
         dials = None if args.no_dials or path is None else dials_find_spots_s(path)
         dials_text = "—" if dials is None else f"{dials:.2f} s (whole command)"
