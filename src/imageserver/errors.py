@@ -169,6 +169,44 @@ class DeadlineError(ImageServerError):
     code = "timeout"
 
 
+class BusyError(ImageServerError):
+    """Too many requests of one session are waiting (the HTTP gateway's per-session queue)."""
+
+    code = "busy"
+
+
+class ChainError(ImageServerError):
+    """An error reply of the chain as a client of it (the HTTP gateway) received it;
+    ``wire_code`` is the code the chain sent (a typed reply), mapped to an HTTP status."""
+
+    code = "chain_error"
+
+    def __init__(self, wire_code: str, message: str) -> None:
+        super().__init__(message, reason=wire_code)
+        self.wire_code = wire_code
+
+
+class IndexingInputError(RequestError):
+    """The files or frames cannot be indexed as named; the message says why."""
+
+    code = "bad_index_input"
+
+
+class IndexingError(ImageServerError):
+    """An index job that ends without a cell; ``result_code`` is one of the indexing
+    contract's error codes (`indexing.contract.ERROR_CODES`)."""
+
+    code = "indexing_failed"
+
+    def __init__(self, result_code: str, message: str) -> None:
+        super().__init__(message, reason=result_code)
+        self.result_code = result_code
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the indexer (its runner's deadline or a cancel): stop and give up."""
+
+
 class CancelledError(ImageServerError):
     """The client cancelled the job (an index job, by its tag)."""
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from process_checks import is_gone
 
+from imageserver.errors import IndexingError
 from imageserver.indexing.contract import IndexingInput
 from imageserver.indexing.pipeline import (
     DIALS_PATH_VARIABLE,
-    IndexingError,
     dials_complaint,
     dials_environment,
     run_pipeline,
@@ -62,7 +62,7 @@ def failure(
 
 def test_no_dials_on_path_is_dials_missing(job: IndexingInput, tmp_path: Path) -> None:
     error = failure(job, tmp_path, {"PATH": str(tmp_path / "empty"), "HOME": str(tmp_path)})
-    assert error.code == "dials_missing"
+    assert error.result_code == "dials_missing"
     assert "dials.index is not on PATH" in str(error)
 
 
@@ -71,14 +71,14 @@ def test_too_few_strong_spots(job: IndexingInput, tmp_path: Path) -> None:
         tmp_path, dials_find_spots='echo "Saved 7 reflections to strong.refl"; touch strong.refl'
     )
     error = failure(job, tmp_path, environment)
-    assert error.code == "too_few_spots"
+    assert error.result_code == "too_few_spots"
     assert str(error) == "only 7 strong spots were found (at least 20 are needed)"
 
 
 def test_a_step_that_exits_0_without_its_files_failed(job: IndexingInput, tmp_path: Path) -> None:
     environment = fake_dials(tmp_path, dials_index='echo "some trouble"; exit 0')
     error = failure(job, tmp_path, environment)
-    assert error.code == "indexing_failed"
+    assert error.result_code == "indexing_failed"
     assert str(error) == (
         "dials.index exited normally but wrote no indexed.expt, indexed.refl: some trouble"
     )
@@ -89,7 +89,7 @@ def test_no_lattice_is_an_indexing_failure(job: IndexingInput, tmp_path: Path) -
         tmp_path, dials_index='echo "Sorry: No suitable lattice could be found."; exit 1'
     )
     error = failure(job, tmp_path, environment)
-    assert (error.code, str(error)) == (
+    assert (error.result_code, str(error)) == (
         "indexing_failed",
         "dials.index: No suitable lattice could be found.",
     )
@@ -107,7 +107,7 @@ def test_a_crash_is_reported_without_its_traceback(job: IndexingInput, tmp_path:
         exit 1"""
     )
     error = failure(job, tmp_path, fake_dials(tmp_path, dials_find_spots=crash))
-    assert (error.code, str(error)) == ("dials_failed", "dials.find_spots: image 3 is unreadable")
+    assert (error.result_code, str(error)) == ("dials_failed", "dials.find_spots: image 3 is unreadable")
     assert (tmp_path / "02-dials.find_spots.log").read_text().startswith("Traceback")
 
 
@@ -117,14 +117,14 @@ def test_a_step_past_the_deadline_is_killed_with_its_group(
     environment = fake_dials(tmp_path, dials_find_spots="sleep 600 & echo $! > sleeper.pid; wait")
     started = time.monotonic()
     error = failure(job, tmp_path, environment, timeout_s=1.0)
-    assert error.code == "timeout"
+    assert error.result_code == "timeout"
     assert time.monotonic() - started < 6
     assert is_gone(int((tmp_path / "sleeper.pid").read_text()))
 
 
 def test_missing_image_files_are_bad_input(tmp_path: Path) -> None:
     error = failure(IndexingInput((tmp_path / "gone.cbf",)), tmp_path, fake_dials(tmp_path))
-    assert error.code == "bad_input"
+    assert error.result_code == "bad_input"
 
 
 def test_dials_complaint_prefers_sorry_lines() -> None:

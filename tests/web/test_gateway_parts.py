@@ -9,11 +9,11 @@ import json
 import pytest
 from starlette.requests import Request
 
-from imageserver.errors import all_error_classes
+from imageserver.errors import BusyError, ChainError, all_error_classes
 from imageserver.web.app import _same_site_path
-from imageserver.web.chain_client import ChainError, _decode
+from imageserver.web.chain_client import _decode
 from imageserver.web.meta import si_geometry
-from imageserver.web.sessions import COOKIE_NAME, SessionBusyError, SessionLimiter, session_token
+from imageserver.web.sessions import COOKIE_NAME, SessionLimiter, session_token
 from imageserver.web.status import STATUS_BY_CODE, http_status
 
 
@@ -43,7 +43,7 @@ def test_limiter_bounds_each_session_and_refuses_beyond_its_queue() -> None:
         try:
             async with limiter.turn("a"):
                 pass
-        except SessionBusyError:
+        except BusyError:
             refused = True
         other_ran = running
         release.set()
@@ -95,7 +95,13 @@ def test_session_token_from_bearer_or_cookie() -> None:
 
 def test_every_error_code_has_a_deliberate_status() -> None:
     codes = {cls.code for cls in all_error_classes()}
-    internal = {"error", "internal", "config", "local_service"}  # the server's own faults
+    internal = {
+        "error",
+        "internal",
+        "config",
+        "local_service",
+        "chain_error",
+    }  # the server's own faults
     for code in codes - internal:
         assert code in STATUS_BY_CODE, code
     assert all(http_status(code) == 500 for code in internal)
@@ -109,10 +115,10 @@ def test_reply_decoding() -> None:
     assert image.data == b"\xff\xd8"
     with pytest.raises(ChainError) as typed:
         _decode([b"file not found", json.dumps({"code": "file_missing"}).encode()])
-    assert (typed.value.code, typed.value.message) == ("file_missing", "file not found")
+    assert (typed.value.wire_code, typed.value.message) == ("file_missing", "file not found")
     with pytest.raises(ChainError) as legacy:
         _decode([b"request has no payload"])
-    assert legacy.value.code == "internal"
+    assert legacy.value.wire_code == "internal"
     with pytest.raises(ChainError):
         _decode([])
 

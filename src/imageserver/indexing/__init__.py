@@ -5,9 +5,9 @@ directory and returns its result; ``python -m imageserver.indexing`` is the buil
 which drives DIALS (`pipeline`). docs/indexing.md describes all three.
 """
 
+from imageserver.errors import IndexingInputError
 from imageserver.indexing.contract import ERROR_CODES, IndexingInput, error_result
 from imageserver.indexing.inputs import (
-    IndexingInputError,
     build_input,
     parse_frames,
     rapd_detector,

@@ -15,10 +15,9 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from imageserver.errors import IndexingError, Terminated
 from imageserver.indexing.contract import error_result, parse_contract_arguments
 from imageserver.indexing.pipeline import (
-    IndexingError,
-    Terminated,
     install_termination_handler,
     run_pipeline,
 )
@@ -41,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_pipeline(call.job, progress, workdir=workdir)
     except IndexingError as exc:
-        result = error_result(exc.code, str(exc))
+        result = error_result(exc.result_code, str(exc))
     except Terminated:
         result = error_result("cancelled", "the indexing job was stopped")
     except Exception as exc:  # the one outermost handler: a result, never a traceback

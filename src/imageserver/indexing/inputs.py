@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from imageserver.errors import IndexingInputError
 from imageserver.indexing.contract import IndexingInput
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -18,10 +19,6 @@ LSCAT_EIGER2_VERSION = "1.8.0"
 """The DCU software version that marks LS-CAT's Eiger2 16M (legacy server, `index` step 1)."""
 LSCAT_EIGER2_DETECTOR = "lscat_dectris_eiger2_16m"
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<digits>\d+)(?P<suffix>\.[A-Za-z][\w.]*)$")
-
-
-class IndexingInputError(ValueError):
-    """The files or frames cannot be indexed as named; the message says why."""
 
 
 def parse_frames(text: str) -> tuple[int, int]:

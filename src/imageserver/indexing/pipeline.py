@@ -16,18 +16,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from imageserver.errors import IndexingError, Terminated
 from imageserver.indexing.contract import IndexingInput
 from imageserver.indexing.processes import die_with_parent, kill_group, seconds_left
 from imageserver.indexing.results import build_result
 
 MIN_STRONG_SPOTS = 20
+CANCEL_POLL_S = 0.2
 """Fewer strong spots than this cannot fix three cell axes with any confidence."""
 DEFAULT_TIMEOUT_S = 600.0
 STEP_GRACE_S = 1.0
@@ -37,18 +40,6 @@ DIALS_PATH_VARIABLE = "IMAGESERVER_DIALS_PATH"
 REPORT_SCRIPT = Path(__file__).with_name("dials_report.py")
 
 Progress = Callable[[str], None]
-
-
-class IndexingError(Exception):
-    """A job that ends without a cell; ``code`` is one of the contract's error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (the runner's deadline or a cancel): stop the step and give up."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +60,14 @@ def run_pipeline(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     min_spots: int = MIN_STRONG_SPOTS,
     environment: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Index ``job`` with DIALS in ``workdir``; the result dict, or raise `IndexingError`.
 
     ``environment`` is DIALS's whole environment (default: `dials_environment` of ours).
+    ``cancel`` is for a caller running this on one of its threads (a service worker): the
+    step in progress is stopped when it is set, and the steps are tied to the process with
+    ``setpriv --pdeathsig`` instead of a ``preexec_fn`` (unsafe in a threaded process).
     """
     started = time.monotonic()
     deadline = started + timeout_s
@@ -83,7 +78,7 @@ def run_pipeline(
     dials_index = shutil.which("dials.index", path=environment["PATH"])
     if dials_index is None:
         raise IndexingError("dials_missing", "DIALS is not installed: dials.index is not on PATH")
-    run = _StepRunner(workdir, environment, deadline, progress)
+    run = _StepRunner(workdir, environment, deadline, progress, cancel)
 
     n_images = _describe(job)
     progress(f"importing {n_images}")
@@ -157,12 +152,18 @@ class _StepRunner:
     """Runs steps in order, each in its own process group, its output in ``NN-name.log``."""
 
     def __init__(
-        self, workdir: Path, environment: dict[str, str], deadline: float, progress: Progress
+        self,
+        workdir: Path,
+        environment: dict[str, str],
+        deadline: float,
+        progress: Progress,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.workdir = workdir
         self.environment = environment
         self.deadline = deadline
         self.progress = progress
+        self.cancel = cancel
         self.count = 0
 
     def __call__(self, step: Step) -> str:
@@ -171,23 +172,27 @@ class _StepRunner:
         log_path = self.workdir / f"{self.count:02d}-{step.name}.log"
         started = time.monotonic()
         with log_path.open("wb") as log:
+            threaded = self.cancel is not None
             try:
                 process = subprocess.Popen(
-                    step.argv,
+                    _tied_to_parent(step.argv) if threaded else step.argv,
                     cwd=self.workdir,
                     env=self.environment,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=die_with_parent,  # the indexer has one thread
+                    preexec_fn=None if threaded else die_with_parent,  # the indexer: 1 thread
                 )
             except FileNotFoundError:
                 raise IndexingError(
                     "dials_missing", f"DIALS is not installed completely: no {step.argv[0]}"
                 ) from None
             try:
-                process.wait(timeout=seconds_left(self.deadline))
+                self._wait(process)
+            except _CancelledError:
+                kill_group(process, grace_s=STEP_GRACE_S)
+                raise IndexingError("cancelled", f"cancelled during {step.name}") from None
             except subprocess.TimeoutExpired:
                 kill_group(process, grace_s=STEP_GRACE_S)
                 raise IndexingError(
@@ -208,6 +213,33 @@ class _StepRunner:
                 f"{dials_complaint(output)}",
             )
         return output
+
+    def _wait(self, process: subprocess.Popen[bytes]) -> None:
+        """Until the step ends; TimeoutExpired at the deadline, _CancelledError on ``cancel``."""
+        if self.cancel is None:
+            process.wait(timeout=seconds_left(self.deadline))
+            return
+        while True:
+            if self.cancel.is_set():
+                raise _CancelledError
+            left = seconds_left(self.deadline)
+            try:
+                process.wait(timeout=min(CANCEL_POLL_S, left))
+                return
+            except subprocess.TimeoutExpired:
+                if left <= CANCEL_POLL_S:
+                    raise
+
+
+class _CancelledError(Exception):
+    """The caller set its cancel event while a step ran."""
+
+
+def _tied_to_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` under ``setpriv --pdeathsig KILL`` when it exists: the step dies with the
+    thread that started it (the service's worker), without code between fork and exec."""
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
 
 
 def dials_complaint(output: str) -> str:
@@ -251,7 +283,7 @@ def _report(run: _StepRunner, dials_index: str) -> tuple[dict[str, Any], str | N
             )
         )
     except IndexingError as exc:
-        if exc.code == "timeout":
+        if exc.result_code == "timeout":
             raise
         return {}, f"spot counts, RMSDs and resolution are missing ({exc})"
     report: dict[str, Any] = json.loads((run.workdir / "report.json").read_text())

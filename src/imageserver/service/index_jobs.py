@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pwd
 import shlex
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,10 +27,11 @@ from typing import Any
 import redis
 
 from imageserver.config import IndexSettings
-from imageserver.errors import RequestError
+from imageserver.errors import IndexingError, RequestError
 from imageserver.formats.boundary import translated
-from imageserver.indexing.contract import IndexingInput
-from imageserver.indexing.runner import IndexingOutcome, minimal_environment, run_indexing
+from imageserver.indexing.contract import IndexingInput, error_result
+from imageserver.indexing.pipeline import dials_environment, run_pipeline
+from imageserver.indexing.runner import minimal_environment, run_indexing
 from imageserver.service.requests import IndexRequest
 
 log = logging.getLogger(__name__)
@@ -88,16 +93,21 @@ class IndexJobs:
         (with ``error`` when indexing failed; a malformed request raises RequestError)."""
         job = _indexing_input(request)
         channel = ProgressChannel(request, self.settings.progress_host_set)
+        started = time.monotonic()
+        keep = request.keep or self.settings.keep_scratch
         with self._registered(request.progress_tag) as cancel:
-            outcome = self._run(job, deadline, channel, cancel, request.keep)
+            if self.settings.command:
+                result = self._run_command(job, deadline, channel, cancel, keep)
+            else:
+                result = self._run_builtin(job, deadline, channel, cancel, keep)
         channel.done()
         log.info(
             "index %s: %s in %.1f s",
             request.progress_tag,
-            "done" if outcome.ok else outcome.result["error"].get("code"),
-            outcome.elapsed_s,
+            result["error"].get("code") if "error" in result else "done",
+            time.monotonic() - started,
         )
-        return outcome.result
+        return result
 
     def cancel(self, tag: str) -> int:
         """Stop the running jobs of ``tag``; how many there were."""
@@ -107,29 +117,56 @@ class IndexJobs:
             event.set()
         return len(events)
 
-    def _run(
+    def _run_command(
         self,
         job: IndexingInput,
         deadline: float,
         channel: ProgressChannel,
         cancel: threading.Event,
         keep: bool,
-    ) -> IndexingOutcome:
-        options: dict[str, Any] = {}
-        if self.settings.command:
-            options = {
-                "command": shlex.split(self.settings.command),
-                "environment": minimal_environment(),
-            }
-        return run_indexing(
+    ) -> dict[str, Any]:
+        """A site's indexer with RAPD's contract, in a process group of its own."""
+        outcome = run_indexing(
             job,
             scratch_root=Path(self.settings.scratch_root),
             deadline=deadline,
             progress=channel.line,
-            keep=keep or self.settings.keep_scratch,
+            keep=keep,
             cancel=cancel,
-            **options,
+            command=shlex.split(self.settings.command),
+            environment=minimal_environment(HOME=_home()),
         )
+        return outcome.result
+
+    def _run_builtin(
+        self,
+        job: IndexingInput,
+        deadline: float,
+        channel: ProgressChannel,
+        cancel: threading.Event,
+        keep: bool,
+    ) -> dict[str, Any]:
+        """The DIALS pipeline driven from this thread: the worker cannot count on executing
+        its own interpreter after the privilege drop (it may live under /root), and DIALS's
+        programs are the ones that run."""
+        scratch = Path(tempfile.mkdtemp(prefix="index-", dir=self.settings.scratch_root))
+        try:
+            return run_pipeline(
+                job,
+                channel.line,
+                workdir=scratch,
+                timeout_s=max(0.0, deadline - time.monotonic()),
+                environment=dials_environment(minimal_environment(HOME=_home())),
+                cancel=cancel,
+            )
+        except IndexingError as exc:
+            return error_result(exc.result_code, str(exc))
+        except Exception as exc:  # a result, never a traceback, for the user
+            log.exception("index: the pipeline failed")
+            return error_result("internal", f"the indexing pipeline failed ({type(exc).__name__})")
+        finally:
+            if not keep:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     @contextmanager
     def _registered(self, tag: str) -> Iterator[threading.Event]:
@@ -164,6 +201,11 @@ def _indexing_input(request: IndexRequest) -> IndexingInput:
         return IndexingInput(files, image_range)
     except ValueError as exc:
         raise RequestError(f"cannot index these files: {exc}") from None
+
+
+def _home() -> str:
+    """The user's own home: the worker's environment still names the manager's."""
+    return pwd.getpwuid(os.getuid()).pw_dir
 
 
 def monotonic_deadline(deadline_ns: int) -> float:

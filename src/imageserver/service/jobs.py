@@ -12,10 +12,10 @@ logged at DEBUG level, e.g. ``jpeg <fn> frame 2: memory``; the sources are liste
 
 A jpeg with ``format`` "raw" answers the cached reduced view itself, nothing encoded:
 ``["", job, meta, values + flags]``, the values as byte planes of `raw_dtype` (uint16 when
-every value fits; see `raw_bytes`), then one flag byte per pixel, the reduction's own flags (0 usable, 1 masked, 2 saturated:
-`imaging.reduce.Flags`); the echo gains ``raw`` (dtype, height, width) and the levels this
-request would have used. Only a plain JPEG failure keeps the legacy grey fallback: a PNG or
-raw client expects no JPEG.
+every value fits; see `raw_bytes`), then one flag byte per pixel, the reduction's own flags
+(0 usable, 1 masked, 2 saturated: `imaging.reduce.Flags`); the echo gains ``raw`` (dtype,
+height, width) and the levels this request would have used. Only a plain JPEG failure keeps
+the legacy grey fallback: a PNG or raw client expects no JPEG.
 
 ``list`` and ``latest`` read a directory as datasets (`formats.datasets`) as the user.
 """

@@ -175,6 +175,8 @@ Request = (
     | ListRequest
     | LatestRequest
     | WhoamiRequest
+    | IndexRequest
+    | CancelRequest
     | ObsoleteRequest
 )
 

@@ -27,13 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from zlib_ng import gzip_ng
 
 from imageserver.config import Settings
+from imageserver.errors import BusyError, ChainError
 from imageserver.imaging.colormaps import COLORMAPS
 from imageserver.service.requests import token_hash
-from imageserver.web.chain_client import ChainClient, ChainError, ChainReply
+from imageserver.web.chain_client import ChainClient, ChainReply
 from imageserver.web.meta import si_geometry
 from imageserver.web.sessions import (
     COOKIE_NAME,
-    SessionBusyError,
     SessionLimiter,
     session_hash,
     session_token,
@@ -86,8 +86,8 @@ class Gateway:
                 return await self.client.request(
                     {**job, "pid": token}, timeout_s=self.settings.web.request_timeout_s
                 )
-        except SessionBusyError as exc:
-            raise ChainError("busy", f"busy: {exc}; please retry") from None
+        except BusyError as exc:
+            raise ChainError(exc.code, f"busy: {exc}; please retry") from None
 
 
 def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> FastAPI:
@@ -147,13 +147,13 @@ def _add_pages(app: FastAPI, gateway: Gateway) -> None:
                 {"type": "whoami", "pid": token}, timeout_s=settings_timeout(gateway)
             )
         except ChainError as exc:
-            log.info("login refused: session %s: %s", token_hash(token), exc.code)
+            log.info("login refused: session %s: %s", token_hash(token), exc.wire_code)
             return _login_failed(
                 "This login link is not valid any more (the session expired or was "
                 "revoked). Open a new link from your beamline's web page."
-                if exc.code in ("session_invalid", "access_denied", "account_unusable")
+                if exc.wire_code in ("session_invalid", "access_denied", "account_unusable")
                 else f"The image service could not check the session: {exc.message}",
-                status=http_status(exc.code),
+                status=http_status(exc.wire_code),
             )
         log.info("login: session %s", token_hash(token))
         response = RedirectResponse(_same_site_path(next), status_code=303)
@@ -340,7 +340,7 @@ def _view_headers(reply: ChainReply) -> dict[str, str]:
 
 async def _chain_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChainError)
-    return _error_response(exc.code, exc.message)
+    return _error_response(exc.wire_code, exc.message)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> Response:

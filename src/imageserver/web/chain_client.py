@@ -19,18 +19,10 @@ from typing import Any, cast
 
 import zmq
 
+from imageserver.errors import ChainError
 from imageserver.transports.frames import TYPED_MARK
 
 log = logging.getLogger(__name__)
-
-
-class ChainError(Exception):
-    """A request the chain refused or could not answer, with the code of `errors.py`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

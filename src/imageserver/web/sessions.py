@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from imageserver.errors import BusyError
 from imageserver.service.requests import token_hash
 
 COOKIE_NAME = "imageserver_session"
@@ -36,10 +37,6 @@ def session_token(request: Request) -> str | None:
     if not token or len(token) > MAX_TOKEN_LENGTH or not token.isprintable():
         return None
     return token
-
-
-class SessionBusyError(Exception):
-    """More requests of one session are waiting than the gateway lets queue."""
 
 
 @dataclass
@@ -67,7 +64,7 @@ class SessionLimiter:
         if turns is None:
             turns = self._turns[token] = _Turns(asyncio.Semaphore(self.concurrency))
         if turns.users >= self.concurrency + self.queue:
-            raise SessionBusyError(f"more than {self.queue} requests of this session are waiting")
+            raise BusyError(f"more than {self.queue} requests of this session are waiting")
         waited = turns.semaphore.locked()
         turns.users += 1
         try:

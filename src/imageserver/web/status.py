@@ -4,6 +4,7 @@ from __future__ import annotations
 
 STATUS_BY_CODE: dict[str, int] = {
     "bad_request": 400,
+    "bad_index_input": 400,
     "session_invalid": 401,
     "access_denied": 403,
     "esaf_not_allowed": 403,
@@ -18,6 +19,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "frame_error": 422,
     "cancelled": 409,
     "analysis_failed": 422,
+    "indexing_failed": 422,
     "busy": 503,
     "session_store_unavailable": 503,
     "cache_unavailable": 503,
