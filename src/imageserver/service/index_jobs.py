@@ -30,6 +30,7 @@ from imageserver.config import IndexSettings
 from imageserver.errors import IndexingError, RequestError
 from imageserver.formats.boundary import translated
 from imageserver.indexing.contract import IndexingInput, error_result
+from imageserver.indexing.inputs import build_input, rapd_detector
 from imageserver.indexing.pipeline import dials_environment, run_pipeline
 from imageserver.indexing.runner import minimal_environment, run_indexing
 from imageserver.service.requests import IndexRequest
@@ -185,22 +186,19 @@ class IndexJobs:
 
 def _indexing_input(request: IndexRequest) -> IndexingInput:
     """The job to run, once every file is there and readable as the user (a clear
-    file_missing / permission_denied error instead of the indexer's own words)."""
+    file_missing / permission_denied error instead of the indexer's own words); frames
+    ``frame1``–``frame2`` of a master, or of the run the one file belongs to (legacy §2.5)."""
     files = tuple(Path(name) for name in request.inputs)
     for path in files:
         if not path.is_absolute():
             raise RequestError(f"{path}: index files must be absolute paths")
         with translated(path), open(path, "rb"):
             pass
-    image_range = None
+    frames = None
     if request.frame1 > 0:
-        if len(files) != 1:
-            raise RequestError("frame1 and frame2 name frames of one file, not of several")
-        image_range = (request.frame1, max(request.frame2, request.frame1))
-    try:
-        return IndexingInput(files, image_range)
-    except ValueError as exc:
-        raise RequestError(f"cannot index these files: {exc}") from None
+        frames = (request.frame1, max(request.frame2, request.frame1))
+    with translated(files[0]):
+        return build_input(files, frames, rapd_detector(files[0]))
 
 
 def _home() -> str:
