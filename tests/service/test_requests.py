@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from imageserver.config import LimitSettings
 from imageserver.errors import RequestError
 from imageserver.service.requests import (
+    AnalysisRequest,
     CancelRequest,
     IndexRequest,
     JpegRequest,
@@ -552,3 +553,42 @@ def test_any_bytes_give_a_request_or_a_request_error(payload: bytes) -> None:
         parse_request(payload)
     except RequestError as exc:
         assert str(exc)
+
+
+def test_analysis_fields() -> None:
+    request = parse_request(
+        encode(
+            {
+                "pid": PID,
+                "type": "analysis",
+                "fn": "/d/x.cbf",
+                "frame": 3,
+                "d_min": 2,
+                "algorithm": "dispersion",
+                "filter_ice": False,
+            }
+        )
+    )
+    assert isinstance(request, AnalysisRequest)
+    assert (request.frame, request.d_min, request.d_max) == (3, 2.0, None)
+    assert (request.algorithm, request.filter_ice) == ("dispersion", False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "Missing filename (fn) for an analysis request"),
+        ({"fn": "/x", "d_min": 0}, "field 'd_min' must be a positive number, not 0"),
+        ({"fn": "/x", "d_min": 3, "d_max": 2}, "d_min 3 Å must be below d_max 2 Å"),
+        (
+            {"fn": "/x", "algorithm": "xds"},
+            "field 'algorithm' must be dispersion_extended or dispersion, not 'xds'",
+        ),
+        (
+            {"fn": "/x", "filter_ice": "yes"},
+            "field 'filter_ice' must be true or false, not a string",
+        ),
+    ],
+)
+def test_analysis_refusals(fields: dict[str, Any], message: str) -> None:
+    assert refusal({"pid": PID, "type": "analysis", **fields}) == message

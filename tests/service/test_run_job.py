@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.cache.keys import Scope
 from imageserver.cache.memory import MemoryCache
 from imageserver.cache.renderer import CachedRenderer, entry_nbytes
 from imageserver.formats import open_source
 from imageserver.imaging.contrast import choose_levels
 from imageserver.render import ViewSpec, reduce_view
-from imageserver.sampledata.dataset import EIGER4M16_STEM, EIGER16M_MASTER, MARCCD_LE
+from imageserver.sampledata.dataset import EIGER4M16_STEM, EIGER16M_MASTER, MARCCD_LE, PILATUS_CBF
 from imageserver.service import jobs, link
 from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.worker import run_job
@@ -265,3 +266,20 @@ def test_raw_keeps_32_bits_only_where_a_value_needs_them(sample_dir: Path) -> No
     n = wide.values.size
     first = [data[plane * n] for plane in range(4)]  # pixel 0's bytes, one per plane
     assert int.from_bytes(bytes(first), "little") == 70000
+
+
+def test_analysis_is_computed_once_then_served_from_memory(sample_dir: Path) -> None:
+    renderer = CachedRenderer(
+        Scope.for_worker(os.getgid(), os.getcwd()), MemoryCache(256 << 20, entry_nbytes)
+    )
+    fields = {"type": "analysis", "fn": str(sample_dir / PILATUS_CBF), "d_max": 40}
+    first = succeeded(fields, renderer).parts[1]
+    assert renderer.counts.by_source["file"] >= 1
+    served = renderer.counts.by_source["memory"]
+    assert succeeded(fields, renderer).parts[1] == first
+    assert renderer.counts.by_source["memory"] == served + 1
+    result = json.loads(first)
+    expected = analyse_file(sample_dir / PILATUS_CBF, 1, AnalysisParams(d_max=40)).to_json()
+    assert result == json.loads(json.dumps(expected))
+    other = json.loads(succeeded({**fields, "d_max": 10}, renderer).parts[1])
+    assert other["n_spots_total"] <= result["n_spots_total"]  # a separate entry, fewer pixels

@@ -13,6 +13,7 @@ import simplejpeg
 from chain import IS_ROOT
 from world import WebWorld, wait_until
 
+from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.formats import read_meta
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="real ESAF groups need root")
@@ -299,3 +300,15 @@ def test_listing_errors(web_world: WebWorld) -> None:
             assert (denied.status, denied.error_code) == (403, "permission_denied")
         finally:
             closed.rmdir()
+
+
+def test_analysis_through_the_gateway(web_world: WebWorld) -> None:
+    reply = web_world.api("analysis", path=str(web_world.cbf), d_max=40)
+    assert reply.status == 200, reply.body[:300]
+    result = reply.json()
+    expected = analyse_file(web_world.cbf, 1, AnalysisParams(d_max=40)).to_json()
+    assert result["n_spots_total"] == expected["n_spots_total"]
+    assert len(result["spots"]) == expected["n_spots_total"]
+    assert set(result["spots"][0]) == {"x", "y", "intensity", "size_px", "d_a"}
+    bad = web_world.api("analysis", path=str(web_world.cbf), algorithm="xds")
+    assert (bad.status, bad.error_code) == (400, "bad_request")

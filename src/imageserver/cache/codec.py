@@ -298,6 +298,22 @@ class DimsCodec:
         return width, height
 
 
+class JsonCodec:
+    """A JSON document (an analysis result) as the entry's header, with no arrays."""
+
+    kind = "analysis"
+
+    def encode(self, value: bytes) -> bytes:
+        return encode_entry(self.kind, {"json": json.loads(value)}, [])
+
+    def decode(self, data: bytes) -> bytes:
+        header, _ = decode_entry(data, self.kind)
+        document = header.get("json")
+        if not isinstance(document, dict):
+            raise CacheUnavailableError("invalid analysis cache entry: no JSON object")
+        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
 # -- whole frames (only measured: Redis is slower than the file, see `renderer`) ---------------
 
 

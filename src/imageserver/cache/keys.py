@@ -119,8 +119,10 @@ def cache_key(
     frame_files: tuple[FileIdentity, ...] = (),
     view: View | None = None,
     look: Look | None = None,
+    analysis: object | None = None,
 ) -> CacheKey:
-    """The key of a file's dims, a frame, a reduced view or an encoded image (most given wins).
+    """The key of a file's dims, a frame, a reduced view, an encoded image, or a frame's
+    analysis (``analysis``: its parameters, a dataclass; most given wins).
 
     A view key needs its frame, an image key its frame and view; each kind's text holds
     everything of the kinds before it. ``frame_files`` are the frame's other source files.
@@ -138,6 +140,9 @@ def cache_key(
     if look is not None:
         parts["look"] = _values(look)
         kind = "image"
+    if analysis is not None:
+        parts["analysis"] = _values(analysis)
+        kind = "analysis"
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return CacheKey(gid=scope.gid, kind=kind, text=text)
 

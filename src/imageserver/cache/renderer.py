@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import logging
 import os
 import sys
@@ -36,7 +37,8 @@ import numpy as np
 
 from imageserver import formats
 from imageserver.allocator import release_free_memory, resident_bytes
-from imageserver.cache.codec import DimsCodec, ViewCodec
+from imageserver.analysis import AnalysisParams, analyse
+from imageserver.cache.codec import DimsCodec, JsonCodec, ViewCodec
 from imageserver.cache.keys import CacheKey, FileIdentity, Scope, cache_key, file_identity
 from imageserver.cache.memory import MemoryCache, automatic_budget_bytes
 from imageserver.cache.shared import RedisLink, SharedCache, WriteBehind
@@ -153,6 +155,7 @@ class CachedRenderer:
         *,
         shared_views: SharedCache[ReducedView] | None = None,
         shared_dims: SharedCache[tuple[int, int]] | None = None,
+        shared_analyses: SharedCache[bytes] | None = None,
         decode: Decode | None = None,
         frame_files: FrameFiles | None = None,
         limits: LimitSettings = DEFAULT_LIMITS,
@@ -166,6 +169,7 @@ class CachedRenderer:
         self.bands = memory if bands is None else bands
         self.views: TieredCache[ReducedView] = TieredCache(memory, shared_views)
         self.dims: TieredCache[tuple[int, int]] = TieredCache(memory, shared_dims)
+        self.analyses: TieredCache[bytes] = TieredCache(memory, shared_analyses)
         self.limits = limits
         self.decode: Decode = decode or functools.partial(open_source, limits=limits)
         self.frame_files: FrameFiles = frame_files or functools.partial(
@@ -236,6 +240,27 @@ class CachedRenderer:
         return dropped
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def analysis(self, spec: ViewSpec, params: AnalysisParams) -> Served[bytes]:
+        """DIALS's per-image numbers and spots of the frame, as the reply's JSON bytes; kept
+        in memory and in Redis like views, for every user of the ESAF."""
+
+        def compute(frame: AnyFrame) -> bytes:
+            result = analyse(frame, params).to_json()
+            return json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
+
+        files = self._files(spec)
+        if files is None:
+            return self._served(Served(compute(self.decode(spec.path, spec.frame)), "file"))
+        source = ["file"]
+
+        def from_frame() -> bytes:
+            frame, source[0] = self._frame(files, spec)
+            return compute(frame)
+
+        key = files.key(self.scope, spec.frame, analysis=params)
+        value, where = self.analyses.fetch(key, from_frame)
+        return self._served(Served(value, source[0] if where == "computed" else where))
 
     def _files(self, spec: ViewSpec) -> _Files | None:
         """The identities of the files the frame comes from; None if any cannot be read."""
@@ -384,11 +409,23 @@ class _Files:
     others: tuple[FileIdentity, ...]
 
     def key(
-        self, scope: Scope, frame: int, *, view: View | None = None, look: Look | None = None
+        self,
+        scope: Scope,
+        frame: int,
+        *,
+        view: View | None = None,
+        look: Look | None = None,
+        analysis: AnalysisParams | None = None,
     ) -> CacheKey:
-        """The key of the frame, or of a view or image of it."""
+        """The key of the frame, or of a view, image or analysis of it."""
         return cache_key(
-            scope, self.file, frame=frame, frame_files=self.others, view=view, look=look
+            scope,
+            self.file,
+            frame=frame,
+            frame_files=self.others,
+            view=view,
+            look=look,
+            analysis=analysis,
         )
 
 
@@ -460,6 +497,9 @@ def renderer_for_worker(
         ),
         shared_dims=SharedCache(
             link, DimsCodec(), ttl_s=settings.ttl_s, claim_s=settings.claim_s, writer=writer
+        ),
+        shared_analyses=SharedCache(
+            link, JsonCodec(), ttl_s=settings.ttl_s, claim_s=settings.claim_s, writer=writer
         ),
         limits=limits,
         bands=bands,

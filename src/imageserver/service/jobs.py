@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from imageserver.analysis import AnalysisParams
 from imageserver.cache.renderer import CachedRenderer
 from imageserver.config import DEFAULT_LIMITS, IndexSettings, LimitSettings
 from imageserver.errors import ImageServerError, MissingMetadataError, RequestError
@@ -45,6 +46,7 @@ from imageserver.service.index_jobs import IndexJobs, monotonic_deadline
 from imageserver.service.meta_json import MetaJsonCache
 from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.requests import (
+    AnalysisRequest,
     CancelRequest,
     IndexRequest,
     JpegRequest,
@@ -288,6 +290,21 @@ def payload_type(payload: bytes) -> str:
     return kind.lower() if isinstance(kind, str) else ""
 
 
+def run_analysis(request: Request, renderer: CachedRenderer, _limits: LimitSettings) -> Success:
+    """``["", job, result]``: DIALS's nine per-image numbers and the spot list."""
+    assert isinstance(request, AnalysisRequest)
+    params = AnalysisParams(
+        d_min=request.d_min,
+        d_max=request.d_max,
+        algorithm=request.algorithm,
+        filter_ice=request.filter_ice,
+    )
+    spec = ViewSpec(path=Path(request.fn), frame=request.frame)
+    served = renderer.analysis(spec, params)
+    log.debug("analysis %s frame %d: %s", request.fn, request.frame, served.source)
+    return Success((echo_job(request), served.value))
+
+
 def run_whoami(request: Request, _renderer: CachedRenderer, _limits: LimitSettings) -> Success:
     """The manager answers whoami from the session; a worker never holds that session."""
     raise RequestError("whoami is answered by the manager, not by a worker")
@@ -301,4 +318,5 @@ JOBS: dict[type, Job] = {
     LatestRequest: run_latest,
     ObsoleteRequest: run_obsolete,
     WhoamiRequest: run_whoami,
+    AnalysisRequest: run_analysis,
 }

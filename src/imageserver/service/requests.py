@@ -127,6 +127,20 @@ class LatestRequest(BaseRequest):
 
 
 MAX_INDEX_FILES = 10000
+ANALYSIS_ALGORITHMS = ("dispersion_extended", "dispersion")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisRequest(BaseRequest):
+    """DIALS's spot finding and per-image numbers of one frame (``algorithm`` and the
+    resolution range as DIALS's options; the ice-ring filter on by default)."""
+
+    fn: str
+    frame: int = 1
+    d_min: float | None = None
+    d_max: float | None = None
+    algorithm: str = "dispersion_extended"
+    filter_ice: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +191,7 @@ Request = (
     | WhoamiRequest
     | IndexRequest
     | CancelRequest
+    | AnalysisRequest
     | ObsoleteRequest
 )
 
@@ -315,6 +330,25 @@ def _build_index(reader: _FieldReader, common: dict[str, Any]) -> IndexRequest:
     )
 
 
+def _build_analysis(reader: _FieldReader, common: dict[str, Any]) -> AnalysisRequest:
+    d_min, d_max = reader.optional_positive("d_min"), reader.optional_positive("d_max")
+    if d_min is not None and d_max is not None and d_min >= d_max:
+        raise RequestError(f"d_min {d_min:g} Å must be below d_max {d_max:g} Å")
+    algorithm = reader.string("algorithm", "dispersion_extended")
+    if algorithm not in ANALYSIS_ALGORITHMS:
+        known = " or ".join(ANALYSIS_ALGORITHMS)
+        raise RequestError(f"field 'algorithm' must be {known}, not {algorithm!r}")
+    return AnalysisRequest(
+        fn=_required_path(reader, "analysis"),
+        frame=_frame(reader),
+        d_min=d_min,
+        d_max=d_max,
+        algorithm=algorithm,
+        filter_ice=reader.boolean("filter_ice", True),
+        **common,
+    )
+
+
 def _build_cancel(reader: _FieldReader, common: dict[str, Any]) -> CancelRequest:
     if not common.get("tag"):
         raise RequestError("Missing tag for a cancel request: it names the job to stop")
@@ -330,13 +364,15 @@ _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "latest": _build_latest,
     "index": _build_index,
     "cancel": _build_cancel,
+    "analysis": _build_analysis,
 }
 
 
 def _required_path(reader: _FieldReader, kind: str) -> str:
     fn = reader.path("fn")
     if not fn:
-        raise RequestError(f"Missing filename (fn) for a {kind} request")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise RequestError(f"Missing filename (fn) for {article} {kind} request")
     return fn
 
 
@@ -471,6 +507,15 @@ class _FieldReader:
                 raise RequestError(f"field '{name}' holds an empty path")
             paths.append(path)
         return tuple(paths)
+
+    def optional_positive(self, name: str) -> float | None:
+        """A positive finite number, or None when the field is absent or null."""
+        if self.job.get(name) is None:
+            return None
+        value = self.number(name, 0.0)
+        if not 0 < value < math.inf:
+            raise RequestError(f"field '{name}' must be a positive number, not {value:g}")
+        return value
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.job.get(name, default)

@@ -159,11 +159,12 @@ def _warm_up() -> None:
     import imageserver.service.jobs
     import imageserver.service.worker  # noqa: F401
     from imageserver.allocator import tune_allocator
-    from imageserver.imaging import contrast, reduce
+    from imageserver.imaging import contrast, reduce, spotfinder
 
     tune_allocator()
     reduce.warm_up()
     contrast.warm_up()
+    spotfinder.warm_up()
 
 
 def _read_line(sock: socket.socket) -> tuple[bytes, bytes]:

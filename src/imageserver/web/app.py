@@ -244,6 +244,34 @@ def _add_api(app: FastAPI, gateway: Gateway) -> None:
         )
 
     @app.get(
+        f"{API}/analysis",
+        summary="Spots and DIALS's per-image numbers of a frame (dispersion spot finder)",
+    )
+    async def analysis(
+        request: Request,
+        path: FilePath,
+        esaf: Esaf = 0,
+        frame: Frame = 1,
+        d_min: Annotated[float | None, Query(gt=0, description="high resolution limit, Å")] = None,
+        d_max: Annotated[float | None, Query(gt=0, description="low resolution limit, Å")] = None,
+        algorithm: Annotated[
+            str, Query(pattern="^(dispersion_extended|dispersion)$")
+        ] = "dispersion_extended",
+        filter_ice: bool = True,
+    ) -> Response:
+        job: dict[str, Any] = {
+            "type": "analysis",
+            "esaf": esaf,
+            "fn": path,
+            "frame": frame,
+            "algorithm": algorithm,
+            "filter_ice": filter_ice,
+        }
+        job.update({name: value for name, value in (("d_min", d_min), ("d_max", d_max)) if value})
+        reply = await gateway.ask(request, job)
+        return _json_document(reply, cache="private, max-age=10")
+
+    @app.get(
         f"{API}/image",
         summary="A view of a frame: JPEG, PNG, or the reduced view at full depth (raw)",
         response_class=Response,
