@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from cache_samples import assert_same_view, make_view, synthetic_frame
 
-from imageserver.cache.codec import MAGIC, DimsCodec, FrameCodec, ViewCodec, encode_entry
+from imageserver.cache.codec import (
+    MAGIC,
+    DimsCodec,
+    FrameCodec,
+    JsonCodec,
+    ViewCodec,
+    encode_entry,
+)
 from imageserver.errors import CacheUnavailableError
 from imageserver.formats import open_frame
 from imageserver.render import ViewSpec, reduce_view
@@ -127,3 +134,14 @@ def test_a_synthetic_frame_round_trips_without_a_mask() -> None:
     back = FrameCodec().decode(FrameCodec().encode(frame))
     assert back.mask is None
     np.testing.assert_array_equal(back.pixels, frame.pixels)
+
+
+def test_an_analysis_result_comes_back_as_the_same_json() -> None:
+    document = {"n_spots_total": 3, "estimated_d_min": 2.5, "spots": [{"x": 1.5, "d_a": None}]}
+    data = json.dumps(document).encode()
+    codec = JsonCodec()
+    assert json.loads(codec.decode(codec.encode(data))) == document
+    with pytest.raises(CacheUnavailableError):
+        codec.decode(encode_entry("analysis", {"json": [1, 2]}, []))
+    with pytest.raises(CacheUnavailableError):
+        codec.decode(DimsCodec().encode((10, 10)))
