@@ -231,6 +231,8 @@ class WebSettings:
     """Requests of one session waiting for a turn; beyond it the answer is 503 busy."""
     request_timeout_s: float = 35.0
     """How long the gateway waits for the chain's reply (the chain's own deadline is shorter)."""
+    index_timeout_s: float = 900.0
+    """How long an index job started over HTTP may wait for its reply."""
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -242,7 +244,8 @@ class WebSettings:
         )
         for key in ("session_concurrency", "session_queue"):
             _require(getattr(self, key) >= 1, self.SECTION, key, "must be ≥ 1")
-        _require(self.request_timeout_s > 0, self.SECTION, "request_timeout_s", "must be > 0")
+        for key in ("request_timeout_s", "index_timeout_s"):
+            _require(getattr(self, key) > 0, self.SECTION, key, "must be > 0")
 
 
 @dataclass(frozen=True)

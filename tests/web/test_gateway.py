@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
+import json
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 import simplejpeg
 from chain import IS_ROOT
-from world import WebWorld, wait_until
+from world import HttpReply, WebWorld, wait_until
 
 from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.formats import read_meta
@@ -312,3 +315,53 @@ def test_analysis_through_the_gateway(web_world: WebWorld) -> None:
     assert set(result["spots"][0]) == {"x", "y", "intensity", "size_px", "d_a"}
     bad = web_world.api("analysis", path=str(web_world.cbf), algorithm="xds")
     assert (bad.status, bad.error_code) == (400, "bad_request")
+
+
+# -- index jobs --------------------------------------------------------------------------------
+
+
+def post_json(web_world: WebWorld, path: str, body: object, token: str | None = None) -> HttpReply:
+    parts = urlsplit(web_world.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        connection.request("POST", path, body=json.dumps(body), headers=headers)
+        response = connection.getresponse()
+        return HttpReply(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
+    finally:
+        connection.close()
+
+
+def test_an_index_job_is_started_followed_and_kept_to_its_session(web_world: WebWorld) -> None:
+    body = {"esaf": web_world.esaf, "path": str(web_world.data / "gone_0001.cbf")}
+    started = post_json(web_world, "/api/v1/jobs/index", body, web_world.token)
+    assert started.status == 202, started.body
+    job = started.json()
+    assert job["state"] == "running" and job["inputs"] == {"fn1": body["path"]}
+
+    def finished() -> dict[str, object] | None:
+        reply = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.token)
+        assert reply.status == 200
+        document = reply.json()
+        return document if document["state"] != "running" else None
+
+    done = wait_until(finished, timeout_s=30)
+    assert done["state"] == "failed"
+    assert done["error"]["code"] == "file_missing"
+    unseen = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.other_token)
+    assert (unseen.status, unseen.error_code) == (404, "file_missing")
+    assert web_world.get("/api/v1/jobs/nothing", token=web_world.token).status == 404
+
+
+def test_index_job_requests_are_checked(web_world: WebWorld) -> None:
+    assert post_json(web_world, "/api/v1/jobs/index", {"path": "/x"}).status == 401
+    extra = post_json(web_world, "/api/v1/jobs/index", {"path": "/x", "rm": 1}, web_world.token)
+    assert (extra.status, extra.error_code) == (400, "bad_request")
+    empty = post_json(web_world, "/api/v1/jobs/index", {}, web_world.token)
+    assert (empty.status, empty.error_code) == (400, "bad_request")
+    by_get = web_world.get("/api/v1/jobs/index", token=web_world.token)
+    assert by_get.status == 404  # no job has that id; starting one takes a POST

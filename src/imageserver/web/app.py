@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +32,7 @@ from imageserver.errors import BusyError, ChainError
 from imageserver.imaging.colormaps import COLORMAPS
 from imageserver.service.requests import token_hash
 from imageserver.web.chain_client import ChainClient, ChainReply
+from imageserver.web.jobs import JobTable
 from imageserver.web.meta import si_geometry
 from imageserver.web.sessions import (
     COOKIE_NAME,
@@ -65,19 +67,48 @@ FilePath = Annotated[str, Query(min_length=1, max_length=4096, description="abso
 DirPath = Annotated[str, Query(min_length=1, max_length=4096, description="absolute directory")]
 
 
+class IndexJobBody(BaseModel):
+    """What to index: ``files`` (a run of single-image files), or ``path`` (a master, or
+    one file of a run) with ``first_frame``–``last_frame``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    esaf: int = Field(0, ge=0)
+    files: list[str] | None = Field(None, min_length=1, max_length=10000)
+    path: str | None = Field(None, min_length=1, max_length=4096)
+    first_frame: int | None = Field(None, ge=1)
+    last_frame: int | None = Field(None, ge=1)
+
+    def wire_inputs(self) -> dict[str, Any]:
+        if self.files:
+            return {"files": self.files}
+        if not self.path:
+            raise ChainError("bad_request", "give files, or a path (with first_frame, last_frame)")
+        inputs: dict[str, Any] = {"fn1": self.path}
+        if self.first_frame:
+            inputs |= {"frame1": self.first_frame, "frame2": self.last_frame or self.first_frame}
+        return inputs
+
+
 class Gateway:
-    """What the endpoints share: the chain client, the per-session limiter, the settings."""
+    """What the endpoints share: the chain client, the per-session limiter, the index jobs,
+    the settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limiter = SessionLimiter(settings.web.session_concurrency, settings.web.session_queue)
         self.client: ChainClient | None = None
+        self.jobs = JobTable(lambda: self.client, settings.web.index_timeout_s)
 
-    async def ask(self, request: Request, job: dict[str, Any]) -> ChainReply:
-        """One wire request with the caller's session; ChainError when refused."""
+    def token(self, request: Request) -> str:
         token = session_token(request)
         if token is None:
             raise ChainError("session_invalid", "not logged in: open the login link again")
+        return token
+
+    async def ask(self, request: Request, job: dict[str, Any]) -> ChainReply:
+        """One wire request with the caller's session; ChainError when refused."""
+        token = self.token(request)
         assert self.client is not None
         try:
             async with self.limiter.turn(token) as waited:
@@ -102,6 +133,7 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         try:
             yield
         finally:
+            await gateway.jobs.close()
             await gateway.client.close()
 
     app = FastAPI(
@@ -242,6 +274,36 @@ def _add_api(app: FastAPI, gateway: Gateway) -> None:
         return JSONResponse(
             {"path": path, "frame": frame, "spots": document.get("spots")}, headers=_PRIVATE
         )
+
+    @app.post(
+        f"{API}/jobs/index",
+        status_code=202,
+        summary="Start autoindexing (DIALS, or the site's indexer) of a dataset's frames",
+    )
+    async def start_index(request: Request, body: IndexJobBody) -> Any:
+        token = gateway.token(request)
+        try:
+            job = gateway.jobs.start(token, body.esaf, body.wire_inputs())
+        except BusyError as exc:
+            raise ChainError(exc.code, str(exc)) from None
+        return JSONResponse(job.as_json(), status_code=202, headers={"Cache-Control": "no-store"})
+
+    @app.get(f"{API}/jobs/{{job_id}}", summary="How an index job stands; its result at the end")
+    async def index_job(request: Request, job_id: str) -> Any:
+        job = gateway.jobs.get(gateway.token(request), job_id)
+        if job is None:
+            raise ChainError("file_missing", f"no index job {job_id[:40]!r} of this session")
+        return JSONResponse(job.as_json(), headers={"Cache-Control": "no-store"})
+
+    @app.post(f"{API}/jobs/{{job_id}}/cancel", summary="Stop an index job")
+    async def cancel_index_job(request: Request, job_id: str) -> Any:
+        token = gateway.token(request)
+        job = gateway.jobs.get(token, job_id)
+        if job is None:
+            raise ChainError("file_missing", f"no index job {job_id[:40]!r} of this session")
+        if job.finished is None:
+            await gateway.jobs.cancel(token, job)
+        return JSONResponse(job.as_json(), headers={"Cache-Control": "no-store"})
 
     @app.get(
         f"{API}/analysis",
