@@ -107,7 +107,10 @@ def test_a_crash_is_reported_without_its_traceback(job: IndexingInput, tmp_path:
         exit 1"""
     )
     error = failure(job, tmp_path, fake_dials(tmp_path, dials_find_spots=crash))
-    assert (error.result_code, str(error)) == ("dials_failed", "dials.find_spots: image 3 is unreadable")
+    assert (error.result_code, str(error)) == (
+        "dials_failed",
+        "dials.find_spots: image 3 is unreadable",
+    )
     assert (tmp_path / "02-dials.find_spots.log").read_text().startswith("Traceback")
 
 
