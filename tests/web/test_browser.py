@@ -266,6 +266,160 @@ def test_resolution_rings_are_drawn(viewer: Viewer) -> None:
     viewer.pixels_change(with_rings, "#overlay")
 
 
+# -- spot finding ------------------------------------------------------------------------------
+
+SUMMARY = "[data-testid=analysis-summary]"
+SPOT_GREEN = """({points}) => {
+  const ctx = document.querySelector('#overlay').getContext('2d');
+  return points.filter(([x, y]) => {
+    const d = ctx.getImageData(Math.round(x) - 1, Math.round(y) - 1, 3, 3).data;
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i + 1] > 180 && d[i] < 150 && d[i + 2] < 180 && d[i + 3] > 200) return true;
+    }
+    return false;
+  }).length;
+}"""
+
+
+def analysis_requests(viewer: Viewer) -> list[dict[str, list[str]]]:
+    """The queries of the page's /api/v1/analysis requests from now on, as they are sent."""
+    sent: list[dict[str, list[str]]] = []
+    viewer.page.on(
+        "request",
+        lambda r: sent.append(query_of(r.url)) if "/api/v1/analysis" in r.url else None,
+    )
+    return sent
+
+
+def page_json(viewer: Viewer, endpoint: str, **params: Any) -> Any:
+    """An API answer through the page's own fetch (its session cookie)."""
+    query = urlencode({"esaf": viewer.world.esaf, **params})
+    script = "url => fetch(url).then(r => r.json())"
+    return viewer.page.evaluate(script, f"/api/v1/{endpoint}?{query}")
+
+
+def wait_summary(viewer: Viewer, frame: int) -> None:
+    viewer.page.wait_for_selector(f'{SUMMARY}[data-state=ready][data-frame="{frame}"]')
+
+
+def spot_circle_points(viewer: Viewer, spot: dict[str, Any], zoom: float) -> list[list[float]]:
+    """Where the circle of ``spot`` crosses its row and column on the overlay (CSS px), with
+    the view zoomed about the detector's centre: the view.js mapping, with pixel centres at
+    integers in the API and at i + 0.5 in the view."""
+    meta = page_json(viewer, "meta", path=str(viewer.world.series), frame=1)
+    width, height = meta["width_px"], meta["height_px"]
+    stage = viewer.page.locator("#stage").bounding_box()
+    assert stage is not None
+    css_w, css_h = round(stage["width"]), round(stage["height"])
+    scale = min(css_w / width, css_h / height) * zoom
+    sx = (spot["x"] + 0.5 - width / 2) * scale + css_w / 2
+    sy = (spot["y"] + 0.5 - height / 2) * scale + css_h / 2
+    r = max(4.0, ((spot["size_px"] / 3.141592653589793) ** 0.5 + 1.5) * scale)
+    return [[sx + r, sy], [sx - r, sy], [sx, sy + r], [sx, sy - r]]
+
+
+def central_spot(analysis: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    return min(analysis["spots"], key=lambda s: abs(s["x"] - width / 2) + abs(s["y"] - height / 2))
+
+
+def test_spots_are_found_and_drawn_where_they_are(viewer: Viewer) -> None:
+    series = viewer.world.series
+    viewer.open(series, frame=1)
+    viewer.wait_frame(1, raw=True)
+    viewer.settled()
+    assert viewer.page.get_attribute(SUMMARY, "data-state") == "off"
+    without = viewer.pixels("#overlay")
+    sent = analysis_requests(viewer)
+    viewer.page.check("[data-testid=spots-toggle]")
+    wait_summary(viewer, 1)
+    assert [(q["path"], q["frame"]) for q in sent] == [([str(series)], ["1"])]
+    with_spots = viewer.pixels_change(without, "#overlay")
+    assert with_spots["painted"] > without["painted"] + 500
+
+    expected = page_json(viewer, "analysis", path=str(series), frame=1)
+    assert expected["n_spots_total"] > 10
+    summary = f"{SUMMARY} [data-field=n_spots_total]"
+    assert viewer.page.text_content(summary) == str(expected["n_spots_total"])
+    assert viewer.page.get_attribute("#overlay", "data-spots") == str(len(expected["spots"]))
+    assert viewer.page.is_hidden("[data-testid=error-message]")
+
+    # The circle round a spot near the middle, at fit and zoomed in (the middle stays put).
+    meta = page_json(viewer, "meta", path=str(series), frame=1)
+    spot = central_spot(expected, meta["width_px"], meta["height_px"])
+    points = spot_circle_points(viewer, spot, zoom=1)
+    assert viewer.page.evaluate(SPOT_GREEN, {"points": points}) >= 3
+    viewer.page.click("[data-testid=zoom-in]")
+    viewer.page.wait_for_selector(f'{IMAGE}[data-zoom="2.00"]')
+    viewer.page.wait_for_timeout(100)  # the overlay repaints on the next frame
+    points = spot_circle_points(viewer, spot, zoom=2)
+    assert viewer.page.evaluate(SPOT_GREEN, {"points": points}) >= 3
+
+    viewer.page.uncheck("[data-testid=spots-toggle]")
+    viewer.page.wait_for_selector(f"{SUMMARY}[data-state=off]")
+    assert viewer.page.get_attribute("#overlay", "data-spots") == "0"
+
+
+def test_a_new_frame_with_spots_on_asks_for_its_analysis_one_at_a_time(viewer: Viewer) -> None:
+    viewer.open(viewer.world.series, frame=1)
+    viewer.page.check("[data-testid=spots-toggle]")
+    wait_summary(viewer, 1)
+    first = viewer.pixels("#overlay")
+    in_flight = [0, 0]  # now, most
+
+    def started(request: Any) -> None:
+        if "/api/v1/analysis" in request.url:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+
+    def ended(request: Any) -> None:
+        if "/api/v1/analysis" in request.url:
+            in_flight[0] -= 1
+
+    viewer.page.on("request", started)
+    viewer.page.on("requestfinished", ended)
+    viewer.page.on("requestfailed", ended)
+    sent = analysis_requests(viewer)
+    viewer.page.keyboard.press("ArrowRight")
+    viewer.wait_frame(2)
+    wait_summary(viewer, 2)
+    assert ["2"] in [q["frame"] for q in sent]
+    viewer.pixels_change(first, "#overlay")
+    for _ in range(3):  # faster than the analyses: the ones flicked past are cancelled
+        viewer.page.keyboard.press("ArrowRight")
+    viewer.wait_frame(5)
+    wait_summary(viewer, 5)
+    assert sent[-1]["frame"] == ["5"]
+    assert in_flight[1] == 1
+    expected = page_json(viewer, "analysis", path=str(viewer.world.series), frame=5)
+    summary = f"{SUMMARY} [data-field=n_spots_total]"
+    assert viewer.page.text_content(summary) == str(expected["n_spots_total"])
+
+    # Playing asks for none (each would be cancelled by the next frame); pausing asks again.
+    viewer.page.click("[data-testid=play-toggle]")
+    viewer.page.wait_for_selector(f"{SUMMARY}[data-state=playing]")
+    viewer.page.click("[data-testid=play-toggle]")
+    viewer.page.wait_for_selector(READY)  # the frame it stopped on
+    shown = int(viewer.image()["frame"])
+    wait_summary(viewer, shown)
+    assert in_flight[1] == 1
+
+
+def test_a_failed_analysis_is_said_in_the_panel_not_the_banner(viewer: Viewer) -> None:
+    viewer.expect_http_error(422, "analysis")
+    message = "This file does not give the detector distance"
+    body = {"error": {"code": "missing_metadata", "message": message}}
+    viewer.page.route(
+        "**/api/v1/analysis?*",
+        lambda route: route.fulfill(status=422, json=body),
+    )
+    viewer.open(viewer.world.series, frame=1)
+    viewer.page.check("[data-testid=spots-toggle]")
+    viewer.page.wait_for_selector(f"{SUMMARY}[data-state=error]")
+    assert message in viewer.text("analysis-summary")
+    assert viewer.page.is_hidden("[data-testid=error-message]")
+    assert viewer.page.get_attribute("#overlay", "data-spots") in (None, "0")
+
+
 # -- following a run, the dataset browser ------------------------------------------------------
 
 
@@ -369,7 +523,7 @@ def test_the_docs_page_lists_the_endpoints(viewer: Viewer) -> None:
     shown = viewer.page.eval_on_selector_all(
         "section.endpoint", "ss => ss.map(s => s.dataset.method + ' ' + s.dataset.path)"
     )
-    for endpoint in ("whoami", "files", "latest", "meta", "image", "spots"):
+    for endpoint in ("whoami", "files", "latest", "meta", "image", "spots", "analysis"):
         assert f"get /api/v1/{endpoint}" in shown
     assert "format" in (viewer.page.text_content("[data-path='/api/v1/image']") or "")
     assert viewer.page.is_hidden("[data-testid=error-message]")

@@ -1,5 +1,5 @@
 // The image on a canvas: the overview and zoomed tiles coloured from raw views, zoom and pan
-// (wheel, drag, pinch), and the overlays (resolution rings, ice rings, beam centre).
+// (wheel, drag, pinch), and the overlays (resolution rings, ice rings, beam centre, spots).
 
 import { colourise, hasGeometry, ringRadiusPx, sampleRaw } from './raw.js';
 
@@ -11,6 +11,9 @@ const MAX_TILE_PX = 640; // the full-resolution level's tiles are at most this w
 const MAX_TILE_ZOOM = 64; // the server's default [limits] max_zoom
 const MAX_SCALE = 40; // screen px per detector px
 const MAX_TILES_KEPT = 96;
+const SPOT_COLOUR = '#3dff6e'; // green: apart from the rings (amber, blue) and the beam (pink)
+const SPOT_MIN_PX = 4; // a spot's circle on screen at least this radius, so it shows at "fit"
+const SPOT_MARGIN = 1.5; // detector px between a spot's edge and its circle
 
 /** A canvas holding one raw view (or bitmap) and the detector window it shows. */
 class Layer {
@@ -73,7 +76,8 @@ export class ImageView {
     this.levels = { black: 1, white: 0 };
     this.cmap = 'grey';
     this.geometry = null;
-    this.show = { rings: false, ice: false, beam: true };
+    this.show = { rings: false, ice: false, beam: true, spots: false };
+    this.spots = null; // [{x, y, size_px}] of the frame shown, pixel centres at integers
     this.pointers = new Map();
     this.frameRequested = 0;
     this.lastHover = null;
@@ -162,6 +166,13 @@ export class ImageView {
 
   setOverlays(show) {
     Object.assign(this.show, show);
+    this.invalidate();
+  }
+
+  /** The spots to draw (null: none); the viewer gives only those of the frame shown. */
+  setSpots(spots) {
+    this.spots = spots && spots.length ? spots : null;
+    this.overlay.dataset.spots = String(this.spots ? this.spots.length : 0);
     this.invalidate();
   }
 
@@ -358,15 +369,23 @@ export class ImageView {
     const ctx = this.overlay.getContext('2d');
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, this.overlay.width, this.overlay.height);
-    const g = this.geometry;
-    if (!g || !this.width || !this.overviewLayer) return;
+    if (!this.width || !this.overviewLayer) return;
     ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
-    const [bx, by] = this.toScreen(g.beam_center_x_px, g.beam_center_y_px);
+    const g = this.geometry;
+    // Rings and spots only on the detector (rings leave it; a spot's circle may too).
     ctx.save();
     const [ax, ay] = this.toScreen(0, 0);
     ctx.beginPath();
     ctx.rect(ax, ay, this.width * this.scale, this.height * this.scale);
     ctx.clip();
+    if (g) this.drawRings(ctx, g);
+    if (this.show.spots && this.spots) this.drawSpots(ctx);
+    ctx.restore();
+    if (g && this.show.beam) this.drawBeam(ctx, g);
+  }
+
+  drawRings(ctx, g) {
+    const [bx, by] = this.toScreen(g.beam_center_x_px, g.beam_center_y_px);
     if (this.show.ice) {
       ctx.setLineDash([6, 4]);
       for (const d of ICE_RINGS) this.ring(ctx, g, d, bx, by, 'rgba(90, 200, 255, 0.85)', 1, null);
@@ -377,15 +396,44 @@ export class ImageView {
         this.ring(ctx, g, d, bx, by, 'rgba(255, 196, 40, 0.95)', 1.5, `${d} Å`);
       }
     }
-    ctx.restore();
-    if (this.show.beam) {
-      ctx.lineWidth = 3;
-      ctx.strokeStyle = 'rgba(0, 0, 0, 0.6)';
-      this.cross(ctx, bx, by);
-      ctx.lineWidth = 1.5;
-      ctx.strokeStyle = '#ff4fd8';
-      this.cross(ctx, bx, by);
+  }
+
+  drawBeam(ctx, g) {
+    const [bx, by] = this.toScreen(g.beam_center_x_px, g.beam_center_y_px);
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = 'rgba(0, 0, 0, 0.6)';
+    this.cross(ctx, bx, by);
+    ctx.lineWidth = 1.5;
+    ctx.strokeStyle = '#ff4fd8';
+    this.cross(ctx, bx, by);
+  }
+
+  /**
+   * Each spot as a circle round its centroid: one path for all (thousands of spots draw in
+   * one stroke), a dark outline under the colour so it shows on white and on black.
+   */
+  drawSpots(ctx) {
+    const path = new Path2D();
+    for (const s of this.spots) {
+      // Centroids have pixel centres at integers; this view's pixel i spans [i, i + 1).
+      const [sx, sy] = this.toScreen(s.x + 0.5, s.y + 0.5);
+      const r = this.spotRadius(s);
+      if (sx < -r || sy < -r || sx > this.cssW + r || sy > this.cssH + r) continue;
+      path.moveTo(sx + r, sy);
+      path.arc(sx, sy, r, 0, 2 * Math.PI);
     }
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = 'rgba(0, 0, 0, 0.55)';
+    ctx.stroke(path);
+    ctx.lineWidth = 1.5;
+    ctx.strokeStyle = SPOT_COLOUR;
+    ctx.stroke(path);
+  }
+
+  /** Screen radius of a spot's circle: round the spot's area when zoomed in, never tiny. */
+  spotRadius(s) {
+    const area = Number.isFinite(s.size_px) && s.size_px > 0 ? s.size_px : 1;
+    return Math.max(SPOT_MIN_PX, (Math.sqrt(area / Math.PI) + SPOT_MARGIN) * this.scale);
   }
 
   cross(ctx, x, y) {

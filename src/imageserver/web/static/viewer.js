@@ -1,5 +1,5 @@
 // The viewer: state, the URL, and the wiring between the API, the browser, the view and the
-// controls. The other modules each do one job (api.js, raw.js, view.js, browser.js).
+// controls. The other modules each do one job (api.js, raw.js, view.js, browser.js, spots.js).
 
 import * as api from './api.js';
 import {
@@ -8,6 +8,7 @@ import {
 } from './raw.js';
 import { ImageView } from './view.js';
 import { DatasetBrowser } from './browser.js';
+import { SpotAnalysis } from './spots.js';
 
 const OVERVIEW_SIZE = 1024; // width of the whole-detector view, px
 const RAW_CACHE_ENTRIES = 10; // decoded whole-detector views kept (neighbours for prefetch)
@@ -39,6 +40,8 @@ const ui = {
   rings: $('rings'),
   ice: $('ice'),
   beam: $('beam'),
+  spots: $('spots'),
+  analysis: $('analysis'),
   geometryNote: $('geometry-note'),
   info: $('info'),
   stage: $('stage'),
@@ -241,6 +244,7 @@ function loadCurrent() {
   const key = viewKey(req);
   const sameAsBefore = state.wantKey === key;
   state.wantKey = key;
+  updateSpots(); // the analysis of a frame no longer wanted is cancelled here
   ui.placeholder.hidden = true;
 
   // Keep only what is wanted now: this frame and its neighbours.
@@ -342,6 +346,7 @@ function imageFailed(attempt, err) {
   setImageState('error');
   view.clear();
   state.shown = null;
+  updateSpots();
   drawHistogram();
   playAdvanced();
 }
@@ -385,6 +390,7 @@ function markShown(key, n, source, info, raw) {
   setStatus(statusText(info, source));
   renderInfo();
   view.refreshHover();
+  updateSpots();
   playAdvanced();
 }
 
@@ -480,6 +486,39 @@ function fetchTiles() {
 
 function updateBusy() {
   ui.busy.hidden = ui.image.dataset.state !== 'loading' && tileRequests.inFlight === 0;
+}
+
+// ---------------------------------------------------------------- spots
+
+/**
+ * Ask for the analysis of the frame shown, once its image is up (the image goes first on the
+ * user's worker; an analysis of a frame flicked past is never asked for), or say why not.
+ */
+function updateSpots() {
+  if (!ui.spots.checked) spotFinder.idle('off');
+  else if (!state.dataset) spotFinder.idle('empty');
+  // Not while playing: each frame would start an analysis the next one cancels, and the
+  // worker would spend on spots the cores the frames need.
+  else if (state.playing) spotFinder.idle('playing');
+  else if (imageFailedHere()) spotFinder.idle('no-image');
+  else if (!state.shown || state.shown.key !== state.wantKey) spotFinder.idle('waiting');
+  else spotFinder.want(spotTarget(state.shown));
+  syncSpots();
+}
+
+function imageFailedHere() {
+  return ui.image.dataset.state === 'error' && ui.image.dataset.frame === String(state.frame);
+}
+
+function spotTarget(shown) {
+  const req = frameRequest(state.dataset, shown.frame);
+  return { key: shown.key, esaf: state.esaf, path: req.path, fileFrame: req.frame, frame: shown.frame };
+}
+
+/** Give the view the spots of the frame shown, never those of another frame. */
+function syncSpots() {
+  const hit = ui.spots.checked && state.shown ? spotFinder.get(state.shown.key) : null;
+  view.setSpots(hit ? hit.spots : null);
 }
 
 // ---------------------------------------------------------------- contrast
@@ -942,6 +981,7 @@ async function applyUrl({ initial = false } = {}) {
     frames.cancelAll();
     tileRequests.cancelAll();
     view.clear();
+    updateSpots();
     ui.placeholder.hidden = false;
     setImageState('empty');
     updateFrameControls();
@@ -1012,6 +1052,7 @@ function setPlaying(on) {
   } else {
     updateUrl('push');
   }
+  updateSpots();
 }
 
 function playAdvanced() {
@@ -1105,6 +1146,8 @@ view = new ImageView({
   },
 });
 
+const spotFinder = new SpotAnalysis(ui.analysis, { onResult: () => syncSpots() });
+
 const browser = new DatasetBrowser($('browser'), {
   onOpenDir: (dir) => {
     loadDir(dir);
@@ -1173,10 +1216,16 @@ function bind() {
   });
   ui.auto.addEventListener('click', () => setAuto());
 
-  const overlays = () => view.setOverlays({ rings: ui.rings.checked, ice: ui.ice.checked, beam: ui.beam.checked });
+  const overlays = () => view.setOverlays({
+    rings: ui.rings.checked, ice: ui.ice.checked, beam: ui.beam.checked, spots: ui.spots.checked,
+  });
   ui.rings.addEventListener('change', overlays);
   ui.ice.addEventListener('change', overlays);
   ui.beam.addEventListener('change', overlays);
+  ui.spots.addEventListener('change', () => {
+    overlays();
+    updateSpots();
+  });
   overlays();
 
   ui.zoomIn.addEventListener('click', () => view.zoomBy(2));
