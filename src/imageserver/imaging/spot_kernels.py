@@ -24,6 +24,8 @@ from imageserver.jit import njit_cached as _jit
 BIG = 1 << 24
 """DIALS leaves counts from 2^24 up out of its window sums (they would swamp the doubles)."""
 INT32_MAX = (1 << 31) - 1
+CORE = 2
+"""Mark of a core pixel in the first pass's map (1: not background, 0: background)."""
 
 u1, i4, i8, f8, boolean = numba.uint8, numba.int32, numba.int64, numba.float64, numba.boolean
 
@@ -58,140 +60,174 @@ def clean_rows(
 
 
 @_jit(None, inline="always")
-def _add_row(row, sign, col_m, col_x, col_y):
-    """Add (sign 1) or remove (sign -1) one row's in-sum pixels to the column sums."""
-    for c in range(row.shape[0]):
-        v = np.int64(row[c])
-        if 0 <= v < BIG:
-            col_m[c] += sign
-            col_x[c] += sign * v
-            col_y[c] += sign * v * v
+def _slide_columns(new_row, old_row, col_m, col_x, col_y, offset):
+    """Column sums gain ``new_row`` and lose ``old_row``: counts, values and squared values of
+    the pixels in the sum (usable, below 2^24). Branch-free, so the loop vectorises."""
+    for c in range(new_row.shape[0]):
+        a = np.int64(new_row[c])
+        b = np.int64(old_row[c])
+        a_in = (a >= 0) & (a < BIG)
+        b_in = (b >= 0) & (b < BIG)
+        a = a if a_in else 0
+        b = b if b_in else 0
+        col_m[offset + c] += np.int32(a_in) - np.int32(b_in)
+        col_x[offset + c] += a - b
+        col_y[offset + c] += a * a - b * b
 
 
-@_jit([numba.int64(readonly(i4, 2), i8, i8, i8, i8, f8, f8, f8, f8, boolean, writable(u1, 2))])
-def dispersion_rows(clean, row_start, row_stop, half, min_local, nsig_b, nsig_s, gain,
-                    threshold, extended, out):  # fmt: skip
+@_jit(None, inline="always")
+def _row(clean, r, outside):
+    """Row r of the image, or a row of unusable pixels outside it."""
+    return clean[r] if 0 <= r < clean.shape[0] else outside
+
+
+@_jit(None, inline="always")
+def _is_dispersed(v, m, x, y, root, min_local, nsig_b, nsig_s, gain, threshold, extended):
+    """DIALS's dispersion test of one pixel, float operation for operation as DIALS writes it
+    (``root`` = √(2(m − 1))). With ``extended`` only the index of dispersion is tested (the
+    first pass of dispersion_extended); without it the pixel must also be strong."""
+    if v < 0 or m < min_local or x < 0 or not (extended or v > threshold):
+        return False
+    fm, fx, fy = float(m), float(x), float(y)
+    if gain == 1.0:
+        a = fm * fy - fx * fx - fx * (fm - 1)
+        c = fx * nsig_b * root
+    else:
+        a = fm * fy - fx * fx
+        c = gain * fx * (fm - 1 + nsig_b * root)
+    if not a > c:
+        return False
+    if extended:
+        return True
+    b = fm * v - fx
+    d = nsig_s * math.sqrt(fx * fm if gain == 1.0 else gain * fx * fm)
+    return b > d
+
+
+_DISPERSION_ARGS = (readonly(i4, 2), readonly(i4), i8, i8, i8, i8, f8, f8, f8, f8, boolean)
+
+
+@_jit([numba.int64(*_DISPERSION_ARGS, writable(u1, 2), writable(i4))])
+def dispersion_rows(clean, outside, row_start, row_stop, half, min_local, nsig_b, nsig_s, gain,
+                    threshold, extended, out, flagged):  # fmt: skip
     """DIALS's dispersion test over a (2·half+1)² window for rows [row_start, row_stop).
 
-    ``extended`` False: out = strong pixels of the plain dispersion algorithm. True: out =
-    the first pass of dispersion_extended, the usable pixels that are *not* background
-    (DIALS 3.12 counts masked pixels as background here, so they stop the erosion).
-    Returns the number of ones written. ``out`` holds rows [row_start, row_stop).
+    ``extended`` False: the strong pixels of the plain dispersion algorithm. True: the first
+    pass of dispersion_extended, the usable pixels that are *not* background (DIALS 3.12
+    counts masked pixels as background here, so they stop the erosion). Each such pixel gets
+    1 in ``out`` (which holds rows [row_start, row_stop)) and its flat index, in raster
+    order, in ``flagged``; returns their number, so that later passes visit only them.
+    ``outside`` is a row of -1 (width pixels), standing for rows beyond the image.
+
+    Window sums are running sums: per column over the window's rows, then along the row over
+    columns padded with zeros (half + 1 on the left, half on the right), so that sliding
+    needs no bounds test.
     """
-    height, width = clean.shape
-    col_m = np.zeros(width, dtype=np.int64)
-    col_x = np.zeros(width, dtype=np.int64)
-    col_y = np.zeros(width, dtype=np.int64)
-    for r in range(max(0, row_start - half), min(height, row_start + half + 1)):
-        _add_row(clean[r], 1, col_m, col_x, col_y)
-    sqrt_tab = np.empty((2 * half + 1) ** 2 + 1, dtype=np.float64)
-    for m in range(sqrt_tab.shape[0]):
-        sqrt_tab[m] = math.sqrt(2.0 * (m - 1.0)) if m >= 1 else 0.0
-    unit_gain = gain == 1.0
-    count = 0
+    width = clean.shape[1]
+    span = 2 * half + 1
+    col_m = np.zeros(width + span, dtype=np.int32)
+    col_x = np.zeros(width + span, dtype=np.int64)
+    col_y = np.zeros(width + span, dtype=np.int64)
+    for r in range(row_start - half - 1, row_start + half):
+        _slide_columns(_row(clean, r, outside), outside, col_m, col_x, col_y, half + 1)
+    roots = np.empty(span * span + 1, dtype=np.float64)
+    for k in range(roots.shape[0]):
+        roots[k] = math.sqrt(2.0 * (k - 1.0)) if k >= 1 else 0.0
+    n = 0
     for j in range(row_start, row_stop):
-        if j > row_start:
-            if j + half < height:
-                _add_row(clean[j + half], 1, col_m, col_x, col_y)
-            if j - half - 1 >= 0:
-                _add_row(clean[j - half - 1], -1, col_m, col_x, col_y)
-        src = clean[j]
-        dst = out[j - row_start]
+        new, old = _row(clean, j + half, outside), _row(clean, j - half - 1, outside)
+        _slide_columns(new, old, col_m, col_x, col_y, half + 1)
         m = np.int64(0)
         x = np.int64(0)
         y = np.int64(0)
-        for i in range(min(half, width)):
-            m += col_m[i]
-            x += col_x[i]
-            y += col_y[i]
+        for k in range(span):
+            m += col_m[k]
+            x += col_x[k]
+            y += col_y[k]
+        src = clean[j]
+        dst = out[j - row_start]
         for i in range(width):
-            if i + half < width:
-                m += col_m[i + half]
-                x += col_x[i + half]
-                y += col_y[i + half]
-            if i - half - 1 >= 0:
-                m -= col_m[i - half - 1]
-                x -= col_x[i - half - 1]
-                y -= col_y[i - half - 1]
+            m += col_m[i + span] - col_m[i]
+            x += col_x[i + span] - col_x[i]
+            y += col_y[i + span] - col_y[i]
             v = src[i]
-            result = False
-            if v >= 0 and m >= min_local and x >= 0 and (extended or v > threshold):
-                fm, fx, fy = float(m), float(x), float(y)
-                if unit_gain:
-                    a = fm * fy - fx * fx - fx * (fm - 1)
-                    c = fx * nsig_b * sqrt_tab[m]
-                else:
-                    a = fm * fy - fx * fx
-                    c = gain * fx * (fm - 1 + nsig_b * sqrt_tab[m])
-                result = a > c
-                if result and not extended:
-                    b = fm * v - fx
-                    if unit_gain:
-                        d = nsig_s * math.sqrt(fx * fm)
-                    else:
-                        d = nsig_s * math.sqrt(gain * fx * fm)
-                    result = b > d
-            dst[i] = 1 if result else 0
-            count += 1 if result else 0
-    return count
+            hit = _is_dispersed(v, m, x, y, roots[m], min_local, nsig_b, nsig_s, gain,
+                                threshold, extended)  # fmt: skip
+            dst[i] = hit
+            if hit:
+                flagged[n] = j * width + i
+                n += 1
+    return n
 
 
-@_jit([numba.void(readonly(i4, 2), readonly(u1, 2), i8, i8, i8, writable(u1, 2))])
-def core_rows(clean, not_background, row_start, row_stop, radius, out):
-    """The erosion of dispersion_extended: usable non-background pixels with no background
-    pixel of the image within Chebyshev distance ``radius`` (DIALS: distance ≥ kernel size).
+@_jit(None, inline="always")
+def _is_core(flags, j, i, radius):
+    """No pixel within Chebyshev distance ``radius`` of (j, i) in the image is background."""
+    height, width = flags.shape
+    for jj in range(max(0, j - radius), min(height, j + radius + 1)):
+        for ii in range(max(0, i - radius), min(width, i + radius + 1)):
+            if flags[jj, ii] == 0:
+                return False
+    return True
+
+
+@_jit([numba.int64(readonly(u1, 2), readonly(i4), i8, writable(i4))])
+def core_pixels(not_background, candidates, radius, core):
+    """The erosion of dispersion_extended: of the ``candidates`` (the first pass's flagged
+    pixels, flat indices), those with no background pixel of the image within Chebyshev
+    distance ``radius`` (DIALS: distance ≥ kernel size), into ``core``; returns their number.
 
     These are the pixels DIALS leaves out of the second pass's background; only they can be
-    strong. ``out`` holds rows [row_start, row_stop).
+    strong. Background pixels are far more common, so most candidates stop at a neighbour.
+    """
+    width = not_background.shape[1]
+    n = 0
+    for p in candidates:
+        if _is_core(not_background, p // width, p % width, radius):
+            core[n] = p
+            n += 1
+    return n
+
+
+@_jit([numba.void(readonly(i4), u1, writable(u1, 2))])
+def mark_pixels(pixels, value, flags):
+    """flags = value at the given flat indices."""
+    width = flags.shape[1]
+    for p in pixels:
+        flags[p // width, p % width] = value
+
+
+@_jit([numba.int64(readonly(i4, 2), readonly(u1, 2), readonly(i4), i8, f8, f8, f8, writable(i4))])
+def extended_strong_pixels(clean, flags, core, half, nsig_s, gain, threshold, strong):
+    """Second pass of dispersion_extended: a core pixel (``flags`` == CORE) is strong when
+    above the global threshold and at least mean + nsig_s·√(gain·mean), the mean taken over
+    the background pixels (usable, not core, below 2^24) of its (2·half+1)² window (0 when
+    fewer than 2). Visits only the ``core`` pixels (flat indices); writes the strong ones to
+    ``strong``, in the same order, and returns their number.
     """
     height, width = clean.shape
-    for j in range(row_start, row_stop):
-        dst = out[j - row_start]
-        for i in range(width):
-            core = clean[j, i] >= 0 and not_background[j, i] != 0
-            if core:
-                for jj in range(max(0, j - radius), min(height, j + radius + 1)):
-                    for ii in range(max(0, i - radius), min(width, i + radius + 1)):
-                        if not_background[jj, ii] == 0:
-                            core = False
-            dst[i] = 1 if core else 0
-
-
-@_jit([numba.int64(readonly(i4, 2), readonly(u1, 2), i8, i8, i8, f8, f8, f8, writable(u1, 2))])
-def extended_final_rows(clean, core, row_start, row_stop, half, nsig_s, gain, threshold, out):
-    """Second pass of dispersion_extended: a core pixel is strong when above the global
-    threshold and at least mean + nsig_s·√(gain·mean), the mean taken over the background
-    pixels (usable, not core, below 2^24) of its (2·half+1)² window (0 when fewer than 2).
-
-    Only core pixels are visited, so the pass costs a window per candidate instead of a
-    dense sweep. Returns the number of strong pixels; ``out`` holds rows [row_start, row_stop).
-    """
-    height, width = clean.shape
-    count = 0
-    for j in range(row_start, row_stop):
-        dst = out[j - row_start]
-        for i in range(width):
-            strong = False
-            if core[j, i] != 0:
-                v = clean[j, i]
-                m = np.int64(0)
-                x = np.int64(0)
-                for jj in range(max(0, j - half), min(height, j + half + 1)):
-                    for ii in range(max(0, i - half), min(width, i + half + 1)):
-                        w = np.int64(clean[jj, ii])
-                        if 0 <= w < BIG and core[jj, ii] == 0:
-                            m += 1
-                            x += w
-                fm, fx = float(m), float(x)
-                mean = fx / fm if m >= 2 else 0.0
-                if gain == 1.0:
-                    bound = mean + nsig_s * math.sqrt(mean)
-                else:
-                    bound = mean + nsig_s * math.sqrt(gain * mean)
-                strong = v > threshold and v >= bound
-            dst[i] = 1 if strong else 0
-            count += 1 if strong else 0
-    return count
+    n = 0
+    for p in core:
+        j, i = p // width, p % width
+        m = np.int64(0)
+        x = np.int64(0)
+        for jj in range(max(0, j - half), min(height, j + half + 1)):
+            for ii in range(max(0, i - half), min(width, i + half + 1)):
+                w = np.int64(clean[jj, ii])
+                if 0 <= w < BIG and flags[jj, ii] != CORE:
+                    m += 1
+                    x += w
+        fm, fx = float(m), float(x)
+        mean = fx / fm if m >= 2 else 0.0
+        if gain == 1.0:
+            bound = mean + nsig_s * math.sqrt(mean)
+        else:
+            bound = mean + nsig_s * math.sqrt(gain * mean)
+        v = clean[j, i]
+        if v > threshold and v >= bound:
+            strong[n] = p
+            n += 1
+    return n
 
 
 @_jit(None, inline="always")
@@ -215,34 +251,34 @@ def _join(parent, a, b):
         parent[ra] = rb
 
 
-@_jit([numba.int64(readonly(u1, 2), readonly(i4, 2), *(writable(i8),) * 5)])
+@_jit([numba.int64(readonly(i4), readonly(i4, 2), *(writable(i8),) * 5)])
 def label_pixels(strong, clean, rows, cols, values, labels, parent):
-    """4-connected components of the strong pixels, labelled 0… by first pixel in raster
-    order (DIALS's LabelImageStack: edges to the left and upper neighbours only).
+    """4-connected components of the strong pixels (flat indices in raster order), labelled
+    0… by first pixel in raster order (DIALS's LabelImageStack: edges to the left and upper
+    neighbours only).
 
     Arrays are sized to the number of strong pixels; fills rows, cols, values (counts) and
-    labels per strong pixel in raster order and returns the number of labels.
+    labels per strong pixel and returns the number of labels. Only strong pixels are
+    visited: a column remembers the row and vertex of its last strong pixel.
     """
-    height, width = strong.shape
-    above = np.zeros(width, dtype=np.int64)  # vertex + 1 of the strong pixel above, else 0
-    n = 0
-    for j in range(height):
-        for i in range(width):
-            if strong[j, i] != 0:
-                parent[n] = n
-                rows[n] = j
-                cols[n] = i
-                values[n] = clean[j, i]
-                if i > 0 and strong[j, i - 1] != 0:
-                    _join(parent, n, n - 1)
-                if j > 0 and strong[j - 1, i] != 0:
-                    _join(parent, n, above[i] - 1)
-                above[i] = n + 1
-                n += 1
-            else:
-                above[i] = 0
+    width = clean.shape[1]
+    above_row = np.full(width, -2, dtype=np.int64)
+    above_vertex = np.zeros(width, dtype=np.int64)
+    for n in range(strong.shape[0]):
+        p = strong[n]
+        j, i = p // width, p % width
+        parent[n] = n
+        rows[n] = j
+        cols[n] = i
+        values[n] = clean[j, i]
+        if i > 0 and n > 0 and strong[n - 1] == p - 1:
+            _join(parent, n, n - 1)
+        if above_row[i] == j - 1:
+            _join(parent, n, above_vertex[i])
+        above_row[i] = j
+        above_vertex[i] = n
     n_labels = 0
-    for k in range(n):
+    for k in range(strong.shape[0]):
         if parent[k] == k:
             labels[k] = n_labels
             n_labels += 1

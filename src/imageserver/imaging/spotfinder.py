@@ -26,6 +26,7 @@ use `resolution.Geometry` (a flat detector normal to the beam).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -56,6 +57,8 @@ CleanArray = npt.NDArray[np.int32]
 FlagMap = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+PixelList = npt.NDArray[np.int32]
+"""Flat pixel indices (row · width + column) in raster order."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def find_spots(
     before thresholding, as DIALS's spotfinder.filter.d_min/d_max do (they need geometry)."""
     params = params or SpotFinderParams()
     clean = clean_frame(frame, geometry=geometry, d_min_a=d_min_a, d_max_a=d_max_a)
-    strong, n_strong = strong_pixels(clean, params)
+    strong = strong_pixels(clean, params)
+    n_strong = strong.shape[0]
     limit = math.ceil(params.max_strong_pixel_fraction * clean.size)
     if params.max_strong_pixel_fraction < 1 and n_strong > limit:
         raise AnalysisError(
@@ -142,7 +146,7 @@ def find_spots(
             f"{limit} ({params.max_strong_pixel_fraction:.0%}) spot finding accepts",
             reason="too_many_strong_pixels",
         )
-    return filter_spots(label_spots(strong, clean, n_strong), params)
+    return filter_spots(label_spots(strong, clean), params)
 
 
 def clean_frame(
@@ -201,45 +205,48 @@ def clean_frame(
     return out
 
 
-def strong_pixels(clean: CleanArray, params: SpotFinderParams) -> tuple[FlagMap, int]:
-    """The strong-pixel map of ``params.algorithm`` and its number of strong pixels."""
-    height = clean.shape[0]
-    blocks = row_blocks(height, clean.size)
+def strong_pixels(clean: CleanArray, params: SpotFinderParams) -> PixelList:
+    """The strong pixels of ``params.algorithm``, as flat indices in raster order.
+
+    The dense pass (the dispersion test) runs over row blocks on the threads and lists the
+    pixels it flags; the erosion and the second pass of dispersion_extended then visit only
+    those (tens of thousands on a frame of millions).
+    """
+    blocks = row_blocks(clean.shape[0], clean.size)
     extended = params.algorithm == "dispersion_extended"
-    first = np.empty(clean.shape, dtype=np.uint8)
+    flags = np.empty(clean.shape, dtype=np.uint8)
+    flagged = [np.empty((stop - start) * clean.shape[1], dtype=np.int32) for start, stop in blocks]
     counts = [0] * len(blocks)
+    outside = np.full(clean.shape[1], -1, dtype=np.int32)
 
-    def dispersion(start: int, stop: int) -> None:
-        counts[blocks.index((start, stop))] = spot_kernels.dispersion_rows(
-            clean, start, stop, params.kernel_size_px, params.min_local,
+    def dispersion(block: int) -> None:
+        start, stop = blocks[block]
+        counts[block] = spot_kernels.dispersion_rows(
+            clean, outside, start, stop, params.kernel_size_px, params.min_local,
             params.sigma_background, params.sigma_strong, params.gain,
-            params.global_threshold, extended, first[start:stop],
+            params.global_threshold, extended, flags[start:stop], flagged[block],
         )  # fmt: skip
 
-    run_blocks(dispersion, blocks)
+    _run_each(dispersion, len(blocks))
+    first = np.concatenate([pixels[:n] for pixels, n in zip(flagged, counts, strict=True)])
     if not extended:
-        return first, sum(counts)
-    core = np.empty(clean.shape, dtype=np.uint8)
+        return first
+    core = np.empty_like(first)
     radius = params.kernel_size_px - 1  # DIALS erodes where distance ≥ kernel size
-
-    def erode(start: int, stop: int) -> None:
-        spot_kernels.core_rows(clean, first, start, stop, radius, core[start:stop])
-
-    run_blocks(erode, blocks)
-    strong = first  # the first pass's map is no longer needed: reuse its memory
-
-    def final(start: int, stop: int) -> None:
-        counts[blocks.index((start, stop))] = spot_kernels.extended_final_rows(
-            clean, core, start, stop, params.kernel_size_px + 2, params.sigma_strong,
-            params.gain, params.global_threshold, strong[start:stop],
-        )  # fmt: skip
-
-    run_blocks(final, blocks)
-    return strong, sum(counts)
+    n_core = spot_kernels.core_pixels(flags, first, radius, core)
+    core = core[:n_core]
+    spot_kernels.mark_pixels(core, spot_kernels.CORE, flags)
+    strong = np.empty_like(core)
+    n_strong = spot_kernels.extended_strong_pixels(
+        clean, flags, core, params.kernel_size_px + 2, params.sigma_strong, params.gain,
+        params.global_threshold, strong,
+    )  # fmt: skip
+    return strong[:n_strong]
 
 
-def label_spots(strong: FlagMap, clean: CleanArray, n_strong: int) -> Spots:
+def label_spots(strong: PixelList, clean: CleanArray) -> Spots:
     """Every 4-connected group of strong pixels as a spot, unfiltered."""
+    n_strong = strong.shape[0]
     pixel_rows, pixel_cols, values, labels, parent = (
         np.empty(n_strong, dtype=np.int64) for _ in range(5)
     )
@@ -265,6 +272,11 @@ def filter_spots(spots: Spots, params: SpotFinderParams) -> Spots:
     return spots.select(keep)
 
 
+def _run_each(work: Callable[[int], None], n: int) -> None:
+    """work(k) for k in 0…n−1 over the threads (`run_blocks` hands out ranges (k, k + 1))."""
+    run_blocks(lambda k, _: work(k), [(k, k + 1) for k in range(n)])
+
+
 def warm_up() -> None:
     """Run every kernel once on a tiny frame, so a forked worker's first analysis is fast."""
     clean = np.zeros((4, 4), dtype=np.int32)
@@ -274,5 +286,4 @@ def warm_up() -> None:
             0.0, 0.0, 1.0, 1.0, -1.0, math.inf, clean,
         )  # fmt: skip
     for algorithm in ALGORITHMS:
-        strong, n = strong_pixels(clean, SpotFinderParams(algorithm=algorithm))
-        label_spots(strong, clean, n)
+        label_spots(strong_pixels(clean, SpotFinderParams(algorithm=algorithm)), clean)
