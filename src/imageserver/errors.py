@@ -181,7 +181,7 @@ class ChainError(ImageServerError):
 
     code = "chain_error"
 
-    def __init__(self, wire_code: str, message: str) -> None:
+    def __init__(self, wire_code: str = "internal", message: str = "") -> None:
         super().__init__(message, reason=wire_code)
         self.wire_code = wire_code
 
@@ -198,7 +198,7 @@ class IndexingError(ImageServerError):
 
     code = "indexing_failed"
 
-    def __init__(self, result_code: str, message: str) -> None:
+    def __init__(self, result_code: str = "internal", message: str = "") -> None:
         super().__init__(message, reason=result_code)
         self.result_code = result_code
 
