@@ -11,6 +11,7 @@ from imageserver.errors import AnalysisError, RequestError
 from imageserver.formats.base import Frame, FrameMeta
 from imageserver.imaging.reduce import row_blocks
 from imageserver.imaging.spotfinder import (
+    SCRATCH,
     SpotFinderParams,
     Spots,
     clean_frame,
@@ -181,3 +182,14 @@ def test_too_many_strong_pixels_is_refused_as_dials_does() -> None:
 def test_bad_parameters_are_request_errors(field: str, value: object) -> None:
     with pytest.raises(RequestError, match=field if field != "algorithm" else "otsu"):
         SpotFinderParams(**{field: value})  # type: ignore[arg-type]
+
+
+def test_work_arrays_are_reused_and_leave_nothing_behind() -> None:
+    """The second frame of a shape gets the first one's arrays back, stale contents and all,
+    and still equals the reference."""
+    first, second = make_frame(seed=12, n_spots=80), make_frame(seed=13, with_mask=True)
+    find_spots(first)
+    kept = SCRATCH.take(first.pixels.shape, np.int32)
+    SCRATCH.give(kept)
+    assert_same_spots(find_spots(second), spots_reference(second))
+    assert SCRATCH.take(first.pixels.shape, np.int32) is kept

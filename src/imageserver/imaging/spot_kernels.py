@@ -60,7 +60,7 @@ def clean_rows(
 
 
 @_jit(None, inline="always")
-def _slide_columns(new_row, old_row, col_m, col_x, col_y, offset):
+def _slide_columns(new_row, old_row, col_m, col_x, col_y):
     """Column sums gain ``new_row`` and lose ``old_row``: counts, values and squared values of
     the pixels in the sum (usable, below 2^24). Branch-free, so the loop vectorises."""
     for c in range(new_row.shape[0]):
@@ -70,9 +70,9 @@ def _slide_columns(new_row, old_row, col_m, col_x, col_y, offset):
         b_in = (b >= 0) & (b < BIG)
         a = a if a_in else 0
         b = b if b_in else 0
-        col_m[offset + c] += np.int32(a_in) - np.int32(b_in)
-        col_x[offset + c] += a - b
-        col_y[offset + c] += a * a - b * b
+        col_m[c] += np.int32(a_in) - np.int32(b_in)
+        col_x[c] += a - b
+        col_y[c] += a * a - b * b
 
 
 @_jit(None, inline="always")
@@ -128,15 +128,18 @@ def dispersion_rows(clean, outside, row_start, row_stop, half, min_local, nsig_b
     col_m = np.zeros(width + span, dtype=np.int32)
     col_x = np.zeros(width + span, dtype=np.int64)
     col_y = np.zeros(width + span, dtype=np.int64)
+    inside = slice(half + 1, half + 1 + width)  # the image's columns
+    ahead, behind = slice(span, span + width), slice(0, width)  # enter, leave the window
+    in_m, in_x, in_y = col_m[inside], col_x[inside], col_y[inside]
     for r in range(row_start - half - 1, row_start + half):
-        _slide_columns(_row(clean, r, outside), outside, col_m, col_x, col_y, half + 1)
+        _slide_columns(_row(clean, r, outside), outside, in_m, in_x, in_y)
     roots = np.empty(span * span + 1, dtype=np.float64)
     for k in range(roots.shape[0]):
         roots[k] = math.sqrt(2.0 * (k - 1.0)) if k >= 1 else 0.0
     n = 0
     for j in range(row_start, row_stop):
         new, old = _row(clean, j + half, outside), _row(clean, j - half - 1, outside)
-        _slide_columns(new, old, col_m, col_x, col_y, half + 1)
+        _slide_columns(new, old, in_m, in_x, in_y)
         m = np.int64(0)
         x = np.int64(0)
         y = np.int64(0)
@@ -146,10 +149,13 @@ def dispersion_rows(clean, outside, row_start, row_stop, half, min_local, nsig_b
             y += col_y[k]
         src = clean[j]
         dst = out[j - row_start]
+        m_ahead, m_behind = col_m[ahead], col_m[behind]
+        x_ahead, x_behind = col_x[ahead], col_x[behind]
+        y_ahead, y_behind = col_y[ahead], col_y[behind]
         for i in range(width):
-            m += col_m[i + span] - col_m[i]
-            x += col_x[i + span] - col_x[i]
-            y += col_y[i + span] - col_y[i]
+            m += m_ahead[i] - m_behind[i]
+            x += x_ahead[i] - x_behind[i]
+            y += y_ahead[i] - y_behind[i]
             v = src[i]
             hit = _is_dispersed(v, m, x, y, roots[m], min_local, nsig_b, nsig_s, gain,
                                 threshold, extended)  # fmt: skip
