@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import simplejpeg
-from chain import IS_ROOT
-from world import HttpReply, WebWorld, wait_until
+from chain import IS_ROOT, wait_for
+from world import HttpReply, WebWorld
 
 from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.formats import read_meta
@@ -252,7 +252,7 @@ def test_the_gateway_survives_the_chain_going_away(web_world: WebWorld) -> None:
         assert re.search("reach|answer", reply.json()["error"]["message"])
     finally:
         web_world.chain.restart_proxy()
-    wait_until(lambda: web_world.api("whoami").status == 200, timeout_s=20)
+    wait_for(lambda: web_world.api("whoami").status == 200, timeout_s=20, what="the proxy back")
 
 
 # -- listings ----------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_an_index_job_is_started_followed_and_kept_to_its_session(web_world: Web
         document = reply.json()
         return document if document["state"] != "running" else None
 
-    done = wait_until(finished, timeout_s=30)
+    done = wait_for(finished, timeout_s=30, what="the job to end")
     assert done["state"] == "failed"
     assert done["error"]["code"] == "file_missing"
     unseen = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.other_token)

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,13 +198,3 @@ def viewer_world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         sample_dir, tmp_path_factory.mktemp("redis"), esafs=VIEWER_ESAFS, viewer_data=True
     ) as world:
         yield world
-
-
-def wait_until(predicate: Any, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
