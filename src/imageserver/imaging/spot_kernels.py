@@ -6,9 +6,11 @@ a usable pixel's count, or -1 for a pixel that is masked, a gap marker, at or ab
 detector's overload, or outside the requested resolution range.
 
 Window sums are exact int64 running sums (a column sum per window of rows, slid along each
-row), which is what DIALS's summed-area table gives for integer counts; every comparison is
-then done in float64 operation for operation as DIALS writes it (dials
-algorithms/image/threshold/local.h), so equal sums give equal decisions.
+row), which is what DIALS's summed-area table gives for integer counts; every decision is
+then made in float64 operation for operation as DIALS writes it (dials
+algorithms/image/threshold/local.h), so equal sums give equal decisions. The dense pass
+first screens with a looser, root-free form of the test (`_screen`) that provably keeps
+every pixel the exact test keeps, and runs the exact test only on the pixels it keeps.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from imageserver.jit import njit_cached as _jit
 BIG = 1 << 24
 """DIALS leaves counts from 2^24 up out of its window sums (they would swamp the doubles)."""
 INT32_MAX = (1 << 31) - 1
+PACK = 40
+"""A window's count and sum travel as one int64, count << PACK | sum: exact, as a sum of
+at most 101² counts below 2^24 stays below 2^40 and the count below 2^23."""
+SUM_MASK = (1 << PACK) - 1
+LOOSE = 1.0 - 2.0**-40
+"""Slack of the root-free screen (`_screen`): far above its rounding, far below any gap."""
 CORE = 2
 """Mark of a core pixel in the first pass's map (1: not background, 0: background)."""
 
@@ -60,18 +68,18 @@ def clean_rows(
 
 
 @_jit(None, inline="always")
-def _slide_columns(new_row, old_row, col_m, col_x, col_y):
-    """Column sums gain ``new_row`` and lose ``old_row``: counts, values and squared values of
-    the pixels in the sum (usable, below 2^24). Branch-free, so the loop vectorises."""
+def _slide_columns(new_row, old_row, col_mx, col_y):
+    """Column sums gain ``new_row`` and lose ``old_row``: count and values of the pixels in
+    the sum (usable, below 2^24), packed as count << PACK | sum, and squared values.
+    Branch-free, so the loop vectorises."""
     for c in range(new_row.shape[0]):
         a = np.int64(new_row[c])
         b = np.int64(old_row[c])
         a_in = (a >= 0) & (a < BIG)
         b_in = (b >= 0) & (b < BIG)
-        a = a if a_in else 0
-        b = b if b_in else 0
-        col_m[c] += np.int32(a_in) - np.int32(b_in)
-        col_x[c] += a - b
+        a = a & (BIG - 1) if a_in else 0  # the mask only tells LLVM a < 2^24: a cheap square
+        b = b & (BIG - 1) if b_in else 0
+        col_mx[c] += ((np.int64(a_in) - np.int64(b_in)) << PACK) + (a - b)
         col_y[c] += a * a - b * b
 
 
@@ -82,13 +90,31 @@ def _row(clean, r, outside):
 
 
 @_jit(None, inline="always")
-def _is_dispersed(v, m, x, y, root, min_local, nsig_b, nsig_s, gain, threshold, extended):
-    """DIALS's dispersion test of one pixel, float operation for operation as DIALS writes it
-    (``root`` = √(2(m − 1))). With ``extended`` only the index of dispersion is tested (the
-    first pass of dispersion_extended); without it the pixel must also be strong."""
+def _window_sums(col_mx, col_y, span, win_mx, win_y):
+    """win[i] = col[i] + … + col[i + span − 1]: a running sum, two int64 chains a pixel."""
+    mx = np.int64(0)
+    y = np.int64(0)
+    for k in range(span - 1):
+        mx += col_mx[k]
+        y += col_y[k]
+    for i in range(win_mx.shape[0]):
+        mx += col_mx[i + span - 1]
+        y += col_y[i + span - 1]
+        win_mx[i] = mx
+        win_y[i] = y
+        mx -= col_mx[i]
+        y -= col_y[i]
+
+
+@_jit(None, inline="always")
+def _is_dispersed(v, m, x, y, min_local, nsig_b, nsig_s, gain, threshold, extended):
+    """DIALS's dispersion test of one pixel, float operation for operation as DIALS writes it.
+    With ``extended`` only the index of dispersion is tested (the first pass of
+    dispersion_extended); without it the pixel must also be strong."""
     if v < 0 or m < min_local or x < 0 or not (extended or v > threshold):
         return False
     fm, fx, fy = float(m), float(x), float(y)
+    root = math.sqrt(2.0 * (fm - 1.0))
     if gain == 1.0:
         a = fm * fy - fx * fx - fx * (fm - 1)
         c = fx * nsig_b * root
@@ -102,6 +128,49 @@ def _is_dispersed(v, m, x, y, root, min_local, nsig_b, nsig_s, gain, threshold, 
     b = fm * v - fx
     d = nsig_s * math.sqrt(fx * fm if gain == 1.0 else gain * fx * fm)
     return b > d
+
+
+@_jit(None, inline="always")
+def _screen(src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, extended, dst):
+    """dst = 1 for every pixel of the row that may pass `_is_dispersed`, else 0.
+
+    The exact test takes one or two square roots a pixel, which cost more than the rest of
+    the pass together. Here, for gain 1, each test ``a > c`` with c = p·√q (c ≥ 0) is
+    screened as ``a > 0 and a² ≥ p²·q·LOOSE``: the computed squares are within 8 ulp of
+    the exact ones (c has 3 roundings, p²·q 2, a² 1), far inside LOOSE's 2⁻⁴⁰, so no
+    pixel that passes is lost, and the few extra ones are tested exactly afterwards.
+    Other gains pass every usable pixel on. Branch-free and root-free, so it vectorises.
+    """
+    unit_gain = gain == 1.0
+    for i in range(src.shape[0]):
+        v = src[i]
+        m = win_mx[i] >> PACK
+        x = win_mx[i] & SUM_MASK
+        fm, fx, fy = float(m), float(x), float(win_y[i])
+        a = fm * fy - fx * fx - fx * (fm - 1)
+        p = fx * nsig_b
+        dispersed = (a > 0) & (a * a >= p * p * (2.0 * (fm - 1.0)) * LOOSE)
+        b = fm * v - fx
+        strong = (v > threshold) & (b > 0) & (b * b >= nsig_s * nsig_s * (fx * fm) * LOOSE)
+        maybe = (not unit_gain) | (dispersed & (extended | strong))
+        dst[i] = (v >= 0) & (m >= min_local) & maybe
+
+
+@_jit(None, inline="always")
+def _confirm(dst, src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, extended,
+             first, flagged, n):  # fmt: skip
+    """The exact test of the screened pixels of a row: dst keeps 1 only where it passes,
+    and each such pixel's flat index (``first`` + column) goes to flagged[n…]; returns the
+    new n. Screened pixels are rare, so the branch is almost always predicted."""
+    for i in range(dst.shape[0]):
+        if dst[i]:
+            hit = _is_dispersed(src[i], win_mx[i] >> PACK, win_mx[i] & SUM_MASK, win_y[i],
+                                min_local, nsig_b, nsig_s, gain, threshold, extended)  # fmt: skip
+            dst[i] = hit
+            if hit:
+                flagged[n] = first + i
+                n += 1
+    return n
 
 
 _DISPERSION_ARGS = (readonly(i4, 2), readonly(i4), i8, i8, i8, i8, f8, f8, f8, f8, boolean)
@@ -119,50 +188,28 @@ def dispersion_rows(clean, outside, row_start, row_stop, half, min_local, nsig_b
     order, in ``flagged``; returns their number, so that later passes visit only them.
     ``outside`` is a row of -1 (width pixels), standing for rows beyond the image.
 
-    Window sums are running sums: per column over the window's rows, then along the row over
-    columns padded with zeros (half + 1 on the left, half on the right), so that sliding
-    needs no bounds test.
+    Per row: column sums slide down one row (vectorised), window sums run along the row
+    over columns padded with ``half`` zeros on each side, a root-free screen marks the
+    pixels that may pass (vectorised), and only those take the exact test.
     """
     width = clean.shape[1]
     span = 2 * half + 1
-    col_m = np.zeros(width + span, dtype=np.int32)
-    col_x = np.zeros(width + span, dtype=np.int64)
-    col_y = np.zeros(width + span, dtype=np.int64)
-    inside = slice(half + 1, half + 1 + width)  # the image's columns
-    ahead, behind = slice(span, span + width), slice(0, width)  # enter, leave the window
-    in_m, in_x, in_y = col_m[inside], col_x[inside], col_y[inside]
+    col_mx = np.zeros(width + 2 * half, dtype=np.int64)
+    col_y = np.zeros(width + 2 * half, dtype=np.int64)
+    in_mx, in_y = col_mx[half : half + width], col_y[half : half + width]
+    win_mx = np.empty(width, dtype=np.int64)
+    win_y = np.empty(width, dtype=np.int64)
     for r in range(row_start - half - 1, row_start + half):
-        _slide_columns(_row(clean, r, outside), outside, in_m, in_x, in_y)
-    roots = np.empty(span * span + 1, dtype=np.float64)
-    for k in range(roots.shape[0]):
-        roots[k] = math.sqrt(2.0 * (k - 1.0)) if k >= 1 else 0.0
+        _slide_columns(_row(clean, r, outside), outside, in_mx, in_y)
     n = 0
     for j in range(row_start, row_stop):
         new, old = _row(clean, j + half, outside), _row(clean, j - half - 1, outside)
-        _slide_columns(new, old, in_m, in_x, in_y)
-        m = np.int64(0)
-        x = np.int64(0)
-        y = np.int64(0)
-        for k in range(span):
-            m += col_m[k]
-            x += col_x[k]
-            y += col_y[k]
-        src = clean[j]
-        dst = out[j - row_start]
-        m_ahead, m_behind = col_m[ahead], col_m[behind]
-        x_ahead, x_behind = col_x[ahead], col_x[behind]
-        y_ahead, y_behind = col_y[ahead], col_y[behind]
-        for i in range(width):
-            m += m_ahead[i] - m_behind[i]
-            x += x_ahead[i] - x_behind[i]
-            y += y_ahead[i] - y_behind[i]
-            v = src[i]
-            hit = _is_dispersed(v, m, x, y, roots[m], min_local, nsig_b, nsig_s, gain,
-                                threshold, extended)  # fmt: skip
-            dst[i] = hit
-            if hit:
-                flagged[n] = j * width + i
-                n += 1
+        _slide_columns(new, old, in_mx, in_y)
+        _window_sums(col_mx, col_y, span, win_mx, win_y)
+        src, dst = clean[j], out[j - row_start]
+        _screen(src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, extended, dst)
+        n = _confirm(dst, src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold,
+                     extended, j * width, flagged, n)  # fmt: skip
     return n
 
 
