@@ -81,9 +81,15 @@ def test_the_token_never_reaches_a_log(web_world: WebWorld) -> None:
     for role in ("web", "serve", "proxy"):
         text = (web_world.chain.directory / f"{role}.log").read_text(errors="replace")
         assert web_world.token not in text, role
-    web_log = (web_world.chain.directory / "web.log").read_text()
-    assert "login: session " in web_log
-    assert "GET /api/v1/image?" in web_log and " 404 " in web_log  # failures are logged
+
+    def web_log() -> str:
+        return (web_world.chain.directory / "web.log").read_text()
+
+    # The access line is written once the response is out: wait for it, then read all.
+    wait_for(lambda: "GET /api/v1/image?" in web_log(), timeout_s=5, what="the access line")
+    assert "login: session " in web_log()
+    assert " 404 " in web_log()  # failures are logged
+    assert web_world.token not in web_log()
 
 
 @needs_root
