@@ -106,6 +106,10 @@ def test_non_default_parameters_equal_the_reference() -> None:
     for params in (
         SpotFinderParams(gain=1.7, global_threshold=10, kernel_size_px=2),
         SpotFinderParams(algorithm="dispersion", gain=0.8, min_local=20, sigma_strong=2),
+        # gain 1 takes the root-free screen: zero sigmas make c and d zero, a wide window
+        # makes large sums
+        SpotFinderParams(algorithm="dispersion", sigma_background=0, sigma_strong=0),
+        SpotFinderParams(kernel_size_px=6, sigma_background=2.5, sigma_strong=1.5),
     ):
         assert_same_spots(find_spots(frame, params), spots_reference(frame, params))
 
