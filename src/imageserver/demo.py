@@ -147,16 +147,16 @@ def _show_requests(directory: Path, service: LocalService, pid: str) -> None:
         ("missing.jpg", {"type": "jpeg", "fn": str(directory / "no-such-file.cbf"), "xsize": 256}),
         ("", {"type": "spots", "fn": master, "frame": 2}),
         ("", {"type": "meta", "fn": master}),
+        ("", {"type": "analysis", "fn": str(directory / PILATUS_CBF)}),
+        ("", {"type": "list", "dir": str(directory)}),
     ]
     print(f"requests through proxy → manager → worker (images in {views}/):")
     for name, request in requests:
         started = time.perf_counter()
         reply = service.request({**request, "pid": pid, "tag": name or request["type"]})
         elapsed_ms = (time.perf_counter() - started) * 1000
-        print(
-            f"  {request['type']:<5} {name or request['fn']:<32} {elapsed_ms:7.1f} ms  "
-            f"{_summary(reply)}"
-        )
+        target = name or request.get("fn") or request.get("dir", "")
+        print(f"  {request['type']:<8} {target:<32} {elapsed_ms:7.1f} ms  {_summary(reply)}")
         if name and reply.image is not None:
             (views / name).write_bytes(reply.image)
 
@@ -172,6 +172,14 @@ def _summary(reply: Reply) -> str:
             f"{len(reply.image or b'')} bytes, black {job['bval_used']} "
             f"white {job['wval_used']}, spots {meta.get('spots')}"
         )
+    if "n_spots_total" in meta:
+        return (
+            f"{meta['n_spots_total']} spots as DIALS finds them "
+            f"({meta['n_spots_no_ice']} off ice rings), "
+            f"estimated d_min {meta['estimated_d_min']:.2f} Å"
+        )
+    if "datasets" in meta:
+        return f"{len(meta['datasets'])} datasets, {len(meta['dirs'])} directories"
     if "spots" in meta:
         return f"{meta['spots']} spots in frame {meta['frame']}"
     return (
