@@ -5,10 +5,10 @@ the reference these must equal exactly is `spotfinder_reference`. A *clean* imag
 a usable pixel's count, or -1 for a pixel that is masked, a gap marker, at or above the
 detector's overload, or outside the requested resolution range.
 
-Window sums are exact int64 running sums (a column sum per window of rows, slid along each
-row), which is what DIALS's summed-area table gives for integer counts; every decision is
-then made in float64 operation for operation as DIALS writes it (dials
-algorithms/image/threshold/local.h), so equal sums give equal decisions. The dense pass
+Window sums are exact int64 sums (a column sum per window of rows, slid down the image,
+then summed along each row), which is what DIALS's summed-area table gives for integer
+counts; every decision is then made in float64 operation for operation as DIALS writes it
+(dials algorithms/image/threshold/local.h), so equal sums give equal decisions. The dense pass
 first screens with a looser, root-free form of the test (`_screen`) that provably keeps
 every pixel the exact test keeps, and runs the exact test only on the pixels it keeps.
 """
@@ -131,8 +131,8 @@ def _is_dispersed(v, m, x, y, min_local, nsig_b, nsig_s, gain, threshold, extend
 
 
 @_jit(None, inline="always")
-def _screen(src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, extended, dst):
-    """dst = 1 for every pixel of the row that may pass `_is_dispersed`, else 0.
+def _may_pass(v, mx, y, min_local, nsig_b, nsig_s, unit_gain, threshold, extended):
+    """Whether the pixel (count v, window mx and y) may pass `_is_dispersed`.
 
     The exact test takes one or two square roots a pixel, which cost more than the rest of
     the pass together. Here, for gain 1, each test ``a > c`` with c = p·√q (c ≥ 0) is
@@ -141,31 +141,59 @@ def _screen(src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, exte
     pixel that passes is lost, and the few extra ones are tested exactly afterwards.
     Other gains pass every usable pixel on. Branch-free and root-free, so it vectorises.
     """
-    unit_gain = gain == 1.0
-    for i in range(src.shape[0]):
-        v = src[i]
-        m = win_mx[i] >> PACK
-        x = win_mx[i] & SUM_MASK
-        fm, fx, fy = float(m), float(x), float(win_y[i])
-        a = fm * fy - fx * fx - fx * (fm - 1)
-        p = fx * nsig_b
-        dispersed = (a > 0) & (a * a >= p * p * (2.0 * (fm - 1.0)) * LOOSE)
-        b = fm * v - fx
-        strong = (v > threshold) & (b > 0) & (b * b >= nsig_s * nsig_s * (fx * fm) * LOOSE)
-        maybe = (not unit_gain) | (dispersed & (extended | strong))
-        dst[i] = (v >= 0) & (m >= min_local) & maybe
+    m = mx >> PACK
+    fm, fx, fy = float(m), float(mx & SUM_MASK), float(y)
+    a = fm * fy - fx * fx - fx * (fm - 1)
+    p = fx * nsig_b
+    dispersed = (a > 0) & (a * a >= p * p * (2.0 * (fm - 1.0)) * LOOSE)
+    b = fm * v - fx
+    strong = (v > threshold) & (b > 0) & (b * b >= nsig_s * nsig_s * (fx * fm) * LOOSE)
+    maybe = (not unit_gain) | (dispersed & (extended | strong))
+    return (v >= 0) & (m >= min_local) & maybe
 
 
 @_jit(None, inline="always")
-def _confirm(dst, src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, extended,
-             first, flagged, n):  # fmt: skip
+def _screen(src, col_mx, col_y, span, min_local, nsig_b, nsig_s, gain, threshold, extended,
+            win_mx, win_y, dst):  # fmt: skip
+    """dst = 1 for every pixel of the row that may pass `_is_dispersed`, else 0 (any span):
+    window sums as running sums into win_mx, win_y, then `_may_pass` (vectorised)."""
+    _window_sums(col_mx, col_y, span, win_mx, win_y)
+    unit_gain = gain == 1.0
+    for i in range(src.shape[0]):
+        dst[i] = _may_pass(src[i], win_mx[i], win_y[i], min_local, nsig_b, nsig_s, unit_gain,
+                           threshold, extended)  # fmt: skip
+
+
+@_jit(None, inline="always")
+def _screen_7(src, col_mx, col_y, min_local, nsig_b, nsig_s, gain, threshold, extended, dst):
+    """`_screen` for DIALS's default 7 × 7 window: the seven column sums added in place, so
+    sums and screen are one branch-free loop with no carried state, which vectorises."""
+    unit_gain = gain == 1.0
+    for i in range(src.shape[0]):
+        mx = (col_mx[i] + col_mx[i + 1]) + (col_mx[i + 2] + col_mx[i + 3]) + (
+            col_mx[i + 4] + col_mx[i + 5]) + col_mx[i + 6]  # fmt: skip
+        y = (col_y[i] + col_y[i + 1]) + (col_y[i + 2] + col_y[i + 3]) + (
+            col_y[i + 4] + col_y[i + 5]) + col_y[i + 6]  # fmt: skip
+        dst[i] = _may_pass(src[i], mx, y, min_local, nsig_b, nsig_s, unit_gain, threshold,
+                           extended)  # fmt: skip
+
+
+@_jit(None, inline="always")
+def _confirm(dst, src, col_mx, col_y, span, min_local, nsig_b, nsig_s, gain, threshold,
+             extended, first, flagged, n):  # fmt: skip
     """The exact test of the screened pixels of a row: dst keeps 1 only where it passes,
     and each such pixel's flat index (``first`` + column) goes to flagged[n…]; returns the
-    new n. Screened pixels are rare, so the branch is almost always predicted."""
+    new n. Screened pixels are rare, so the branch is almost always predicted, and their
+    window sums are added again from the column sums."""
     for i in range(dst.shape[0]):
         if dst[i]:
-            hit = _is_dispersed(src[i], win_mx[i] >> PACK, win_mx[i] & SUM_MASK, win_y[i],
-                                min_local, nsig_b, nsig_s, gain, threshold, extended)  # fmt: skip
+            mx = np.int64(0)
+            y = np.int64(0)
+            for k in range(i, i + span):
+                mx += col_mx[k]
+                y += col_y[k]
+            hit = _is_dispersed(src[i], mx >> PACK, mx & SUM_MASK, y, min_local, nsig_b,
+                                nsig_s, gain, threshold, extended)  # fmt: skip
             dst[i] = hit
             if hit:
                 flagged[n] = first + i
@@ -190,7 +218,8 @@ def dispersion_rows(clean, outside, row_start, row_stop, half, min_local, nsig_b
 
     Per row: column sums slide down one row (vectorised), window sums run along the row
     over columns padded with ``half`` zeros on each side, a root-free screen marks the
-    pixels that may pass (vectorised), and only those take the exact test.
+    pixels that may pass (vectorised), and only those take the exact test. For DIALS's
+    default 7 × 7 window the window sums are added in the screen's own loop (`_screen_7`).
     """
     width = clean.shape[1]
     span = 2 * half + 1
@@ -205,10 +234,14 @@ def dispersion_rows(clean, outside, row_start, row_stop, half, min_local, nsig_b
     for j in range(row_start, row_stop):
         new, old = _row(clean, j + half, outside), _row(clean, j - half - 1, outside)
         _slide_columns(new, old, in_mx, in_y)
-        _window_sums(col_mx, col_y, span, win_mx, win_y)
         src, dst = clean[j], out[j - row_start]
-        _screen(src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold, extended, dst)
-        n = _confirm(dst, src, win_mx, win_y, min_local, nsig_b, nsig_s, gain, threshold,
+        if half == 3:
+            _screen_7(src, col_mx, col_y, min_local, nsig_b, nsig_s, gain, threshold, extended,
+                      dst)  # fmt: skip
+        else:
+            _screen(src, col_mx, col_y, span, min_local, nsig_b, nsig_s, gain, threshold,
+                    extended, win_mx, win_y, dst)  # fmt: skip
+        n = _confirm(dst, src, col_mx, col_y, span, min_local, nsig_b, nsig_s, gain, threshold,
                      extended, j * width, flagged, n)  # fmt: skip
     return n
 
