@@ -20,6 +20,7 @@ import zmq
 
 from imageserver.client import Client, Reply, send_request
 from imageserver.config import Settings, load_settings
+from imageserver.embedded_redis import free_port
 from imageserver.errors import LocalServiceError
 from imageserver.service.auth import (
     connect_session_store,
@@ -80,7 +81,7 @@ class LocalService:
         self.web_url: str | None = None
         web_config = ""
         if web_port is not None:
-            port = web_port or _free_port(web_host)
+            port = web_port or free_port(web_host)
             self.web_url = f"http://{web_host}:{port}"
             web_config = f'[web]\nlisten = "{web_host}:{port}"\n'
         self.roles = ("proxy", "serve", "web") if web_port is not None else ("proxy", "serve")
@@ -184,9 +185,3 @@ class LocalService:
             raise LocalServiceError("the gateway was not started (web_port)")
         query = urllib.parse.urlencode({"session": pid, "next": next_path})
         return f"{self.web_url}/login?{query}"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])

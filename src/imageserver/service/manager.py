@@ -191,6 +191,7 @@ class Manager:
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
         for slot in list(self._by_socket.values()):
             self._signal(slot, signal.SIGTERM)
+        self._index_waiting.clear()  # answered below: none may start a worker on the way out
         for request_id in list(self._pending):
             self._finish(request_id, Failure.of(WorkerError("the server is shutting down")))
         self._front.close(0)

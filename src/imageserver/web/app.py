@@ -30,7 +30,6 @@ from zlib_ng import gzip_ng
 from imageserver.config import Settings
 from imageserver.errors import BusyError, ChainError
 from imageserver.imaging.colormaps import COLORMAPS
-from imageserver.service.requests import token_hash
 from imageserver.web.chain_client import ChainClient, ChainReply
 from imageserver.web.jobs import JobTable
 from imageserver.web.meta import si_geometry
@@ -39,6 +38,7 @@ from imageserver.web.sessions import (
     SessionLimiter,
     session_hash,
     session_token,
+    usable_token,
 )
 from imageserver.web.status import http_status
 
@@ -170,16 +170,16 @@ def _add_pages(app: FastAPI, gateway: Gateway) -> None:
     @app.get("/login", include_in_schema=False)
     async def login(request: Request, session: str = "", next: str = "/") -> Response:
         """Check the token once, keep it in an HttpOnly cookie, and leave the URL behind."""
-        token = session.strip()
-        if not token or len(token) > 4096 or not token.isprintable():
+        token = usable_token(session)
+        if token is None:
             return _login_failed("The login link has no session in it.")
         assert gateway.client is not None
         try:
             await gateway.client.request(
-                {"type": "whoami", "pid": token}, timeout_s=settings_timeout(gateway)
+                {"type": "whoami", "pid": token}, timeout_s=gateway.settings.web.request_timeout_s
             )
         except ChainError as exc:
-            log.info("login refused: session %s: %s", token_hash(token), exc.wire_code)
+            log.info("login refused: session %s: %s", session_hash(token), exc.wire_code)
             return _login_failed(
                 "This login link is not valid any more (the session expired or was "
                 "revoked). Open a new link from your beamline's web page."
@@ -187,7 +187,7 @@ def _add_pages(app: FastAPI, gateway: Gateway) -> None:
                 else f"The image service could not check the session: {exc.message}",
                 status=http_status(exc.wire_code),
             )
-        log.info("login: session %s", token_hash(token))
+        log.info("login: session %s", session_hash(token))
         response = RedirectResponse(_same_site_path(next), status_code=303)
         response.set_cookie(
             COOKIE_NAME,
@@ -204,10 +204,6 @@ def _add_pages(app: FastAPI, gateway: Gateway) -> None:
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/")
         return response
-
-
-def settings_timeout(gateway: Gateway) -> float:
-    return gateway.settings.web.request_timeout_s
 
 
 def _static_page(name: str) -> Response:
@@ -379,8 +375,6 @@ def _add_api(app: FastAPI, gateway: Gateway) -> None:
         reply = await gateway.ask(request, job)
         if reply.data is None:
             raise ChainError("internal", "the image service sent no image")
-        if reply.job.get("error"):
-            raise ChainError("internal", str(reply.job["error"]))
         headers = {**_PRIVATE, **_view_headers(reply)}
         body = reply.data
         if format == "raw" and "gzip" in request.headers.get("accept-encoding", ""):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +62,9 @@ class IndexJob:
 class JobTable:
     """The index jobs of every session, started on one chain client."""
 
-    def __init__(self, client_of: Any, timeout_s: float) -> None:
+    def __init__(self, client_of: Callable[[], ChainClient | None], timeout_s: float) -> None:
         self._client_of = client_of
-        """A callable returning the gateway's `ChainClient` (made when the app starts)."""
+        """The gateway's `ChainClient`, made when the app starts."""
         self._timeout_s = timeout_s
         self._jobs: dict[str, IndexJob] = {}
 
@@ -89,7 +90,7 @@ class JobTable:
         return job
 
     async def cancel(self, token: str, job: IndexJob) -> None:
-        client: ChainClient = self._client_of()
+        client = self._client()
         wire = {"type": "cancel", "pid": token, "esaf": job.esaf, "tag": f"web-{job.id}"}
         await client.request(wire, timeout_s=30.0)
 
@@ -101,7 +102,7 @@ class JobTable:
                     await job.task
 
     async def _run(self, job: IndexJob, wire: dict[str, Any]) -> None:
-        client: ChainClient = self._client_of()
+        client = self._client()
         try:
             reply = await client.request(wire, timeout_s=self._timeout_s)
             job.result = json.loads(reply.document) if reply.document else {}
@@ -115,6 +116,11 @@ class JobTable:
             job.error = {"code": "internal", "message": "the indexer's result is not JSON"}
         finally:
             job.finished = time.time()
+
+    def _client(self) -> ChainClient:
+        client = self._client_of()
+        assert client is not None, "the app has not started"
+        return client
 
     def _forget_old(self) -> None:
         now = time.time()

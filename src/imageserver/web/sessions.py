@@ -33,7 +33,13 @@ def session_token(request: Request) -> str | None:
     """The bearer token if one is sent, else the session cookie; None when neither is usable."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    token = value.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE_NAME, "")
+    token = value if scheme.lower() == "bearer" else request.cookies.get(COOKIE_NAME, "")
+    return usable_token(token)
+
+
+def usable_token(text: str) -> str | None:
+    """A token as sent (stripped), or None when it cannot be one: empty, too long, unprintable."""
+    token = text.strip()
     if not token or len(token) > MAX_TOKEN_LENGTH or not token.isprintable():
         return None
     return token
