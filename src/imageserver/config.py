@@ -264,9 +264,13 @@ class IndexSettings:
     progress_hosts: str = "127.0.0.1,localhost,::1"
     """Redis hosts a request may name for its progress messages (comma-separated); a
     request naming another host gets no progress messages, never a connection elsewhere."""
+    record_ttl_s: int = 86400
+    """How long a job's record (state, progress, result) stays readable in the shared
+    Redis after its last change."""
 
     def __post_init__(self) -> None:
         _require(self.max_jobs >= 1, self.SECTION, "max_jobs", "must be ≥ 1")
+        _require(self.record_ttl_s >= 60, self.SECTION, "record_ttl_s", "must be ≥ 60")
         _require(
             self.scratch_root.startswith("/"), self.SECTION, "scratch_root", "must be absolute"
         )

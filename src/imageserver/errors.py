@@ -207,6 +207,12 @@ class Terminated(BaseException):
     """SIGTERM reached the indexer (its runner's deadline or a cancel): stop and give up."""
 
 
+class JobUnknownError(ImageServerError):
+    """No index job of that tag for this ESAF (never started, or its record expired)."""
+
+    code = "job_unknown"
+
+
 class CancelledError(ImageServerError):
     """The client cancelled the job (an index job, by its tag)."""
 

@@ -128,6 +128,23 @@ class LocalService:
         """Start the proxy again after it was stopped (nodes and the gateway reconnect)."""
         self._launch("proxy", {})
 
+    def restart(self, role: str) -> None:
+        """Stop one process and start it again; returns once it has said READY=1."""
+        process = self.processes[role]
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        with _ReadinessSocket(self.directory / "notify.sock") as readiness:
+            self._launch(role, {NOTIFY_ENV: str(readiness.path)})
+            deadline = time.monotonic() + START_DEADLINE_S
+            while not readiness.count_ready(timeout_s=0.2):
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise LocalServiceError(f"{role} not ready again:\n{self.logs()}")
+
     def _launch(self, role: str, env: dict[str, str]) -> None:
         with (self.directory / f"{role}.log").open("ab") as log:
             self.processes[role] = subprocess.Popen(

@@ -1,5 +1,6 @@
 """`index` through the whole chain with a fake indexer of RAPD's contract (a shell script):
-the result reply, progress on Redis, its own thread, the per-node limit, cancel by tag."""
+the result reply, progress on Redis, its own thread, the per-node limit, cancel by tag, and
+the job's record read back with `job` requests by members of the ESAF only."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import Any
 
 import pytest
 import redis
-from chain import IS_ROOT, Chain, ground, login_name, place_file, running_chain
+from chain import IS_ROOT, Chain, ground, login_name, place_file, running_chain, wait_for
 
 from imageserver.client import Reply
 from imageserver.sampledata.dataset import PILATUS_CBF
 
 ESAF = 63001
+OTHER_ESAF = 63002
 
 FAKE_INDEXER = """#!/bin/bash
 # A fake indexer with RAPD's contract: --json --json-fd J --progress-fd P FILE...
@@ -45,6 +47,10 @@ class IndexWorld:
     esaf: int
     frame: Path
     slow_frame: Path
+    colleague_token: str
+    """Another user allowed the same ESAF (the same user when not root)."""
+    stranger_token: str
+    """A session allowed only another ESAF."""
 
     def request(self, timeout_s: float = 30.0, **fields: Any) -> Reply:
         job = {"pid": self.token, "esaf": self.esaf, **fields}
@@ -57,10 +63,14 @@ def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         if IS_ROOT:
             user = f"isidx{os.urandom(3).hex()}"
             base.accounts.add_user(user)
+            colleague = f"isidc{os.urandom(3).hex()}"
+            base.accounts.add_user(colleague)
             gid = base.accounts.add_esaf_group(ESAF)
+            base.accounts.add_esaf_group(OTHER_ESAF)
             esaf = ESAF
         else:
             user, gid, esaf = login_name(), os.getgid(), 0
+            colleague = user
         tools = base.data / "tools"
         tools.mkdir()
         tools.chmod(0o755)
@@ -89,6 +99,8 @@ def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 esaf=esaf,
                 frame=frame,
                 slow_frame=slow,
+                colleague_token=chain.session(colleague, [esaf] if esaf else []),
+                stranger_token=chain.session(user, [OTHER_ESAF]),
             )
 
 
@@ -172,3 +184,65 @@ def test_bad_index_requests_are_refused(world: IndexWorld) -> None:
     assert missing.error == "/no/such/file.cbf: file not found"
     relative = world.request(type="index", files=["x.cbf"], tag="r")
     assert relative.error == "x.cbf: index files must be absolute paths"
+
+
+def job_record(world: IndexWorld, tag: str, token: str | None = None) -> dict[str, Any]:
+    reply = world.chain.request(
+        {"type": "job", "pid": token or world.token, "esaf": world.esaf, "tag": tag}
+    )
+    assert reply.error is None, reply.error
+    assert reply.job["tag"] == tag
+    return dict(json.loads(reply.frames[2]))
+
+
+def test_job_records_follow_a_job_for_every_member_of_the_esaf(world: IndexWorld) -> None:
+    slow, slow_reply = send_later(world, type="index", fn1=str(world.slow_frame), tag="watched")
+    waiting, waiting_reply = send_later(world, type="index", fn1=str(world.frame), tag="next")
+
+    def progressed() -> dict[str, Any] | None:
+        record = job_record(world, "watched")
+        return record if record["progress"] else None
+
+    running = wait_for(progressed, timeout_s=20, what="the first progress line")
+    assert running["state"] == "running"
+    assert running["inputs"] == {"files": [str(world.slow_frame)]}
+    assert "waiting for the beam" in running["progress"][-1]
+    queued = job_record(world, "next", world.colleague_token)  # max_jobs = 1: it waits
+    assert (queued["state"], queued["position"]) == ("queued", 1)
+    seen_by_colleague = job_record(world, "watched", world.colleague_token)
+    assert seen_by_colleague["state"] == "running"
+    stranger = world.chain.request(
+        {"type": "job", "pid": world.stranger_token, "esaf": world.esaf, "tag": "watched"}
+    )
+    if IS_ROOT:
+        assert stranger.error is not None and "not authorized" in stranger.error
+        own_esaf = world.chain.request(
+            {"type": "job", "pid": world.stranger_token, "esaf": OTHER_ESAF, "tag": "watched"}
+        )
+        assert own_esaf.error is not None and "no index job" in own_esaf.error
+    assert world.request(type="cancel", tag="watched").error is None
+    slow.join(20)
+    waiting.join(20)
+    assert slow_reply and waiting_reply and waiting_reply[0].error is None
+
+    def ended(tag: str) -> dict[str, Any] | None:
+        record = job_record(world, tag, world.colleague_token)
+        return record if record["state"] != "running" else None
+
+    cancelled = wait_for(lambda: ended("watched"), timeout_s=10, what="the cancelled record")
+    assert cancelled["state"] == "cancelled" and cancelled["finished"] >= cancelled["started"]
+    done = wait_for(lambda: ended("next"), timeout_s=10, what="the finished record")
+    assert done["state"] == "done"
+    assert done["result"] == {"space_group": "P 21 21 21", "n_files": 1}
+    assert done["progress"] == ["finding spots", "indexing"]
+
+
+def test_job_requests_need_a_tag_and_a_known_job(world: IndexWorld) -> None:
+    untagged = world.request(type="job")
+    assert untagged.error == "Missing tag for a job request: it names the index job"
+    unknown = world.request(type="job", tag="never-started")
+    assert unknown.error == "no index job 'never-started' for this ESAF"
+    missing = world.request(type="index", fn1="/no/such/file.cbf", tag="missing-file")
+    assert missing.error is not None
+    failed = job_record(world, "missing-file")
+    assert failed["state"] == "failed" and failed["error"]["code"] == "file_missing"

@@ -342,25 +342,37 @@ def post_json(web_world: WebWorld, path: str, body: object, token: str | None = 
         connection.close()
 
 
-def test_an_index_job_is_started_followed_and_kept_to_its_session(web_world: WebWorld) -> None:
+def test_an_index_job_is_started_and_followed_by_the_sessions_of_its_esaf(
+    web_world: WebWorld,
+) -> None:
     body = {"esaf": web_world.esaf, "path": str(web_world.data / "gone_0001.cbf")}
     started = post_json(web_world, "/api/v1/jobs/index", body, web_world.token)
     assert started.status == 202, started.body
     job = started.json()
-    assert job["state"] == "running" and job["inputs"] == {"fn1": body["path"]}
+    assert job["state"] == "starting" and job["inputs"] == {"fn1": body["path"]}
+    assert job["id"].startswith(f"{web_world.esaf}-")
 
     def finished() -> dict[str, object] | None:
         reply = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.token)
-        assert reply.status == 200
+        assert reply.status == 200, reply.body
         document = reply.json()
-        return document if document["state"] != "running" else None
+        return document if document["state"] not in ("starting", "running") else None
 
     done = wait_for(finished, timeout_s=30, what="the job to end")
     assert done["state"] == "failed"
     assert done["error"]["code"] == "file_missing"
-    unseen = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.other_token)
-    assert (unseen.status, unseen.error_code) == (404, "file_missing")
-    assert web_world.get("/api/v1/jobs/nothing", token=web_world.token).status == 404
+    assert done["login"] == web_world.user and done["inputs"] == {"files": [body["path"]]}
+    # A new gateway knows it too: the record is the worker's, in the ESAF's Redis.
+    web_world.chain.restart("web")
+    again = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.token).json()
+    assert again["state"] == "failed" and again["id"] == job["id"]
+    if IS_ROOT:  # a session without the job's ESAF is refused that ESAF
+        unseen = web_world.get(f"/api/v1/jobs/{job['id']}", token=web_world.other_token)
+        assert (unseen.status, unseen.error_code) == (403, "esaf_not_allowed")
+    nothing = web_world.get("/api/v1/jobs/nothing", token=web_world.token)
+    assert (nothing.status, nothing.error_code) == (404, "job_unknown")
+    unknown = web_world.get(f"/api/v1/jobs/{web_world.esaf}-{'0' * 16}", token=web_world.token)
+    assert (unknown.status, unknown.error_code) == (404, "job_unknown")
 
 
 def test_index_job_requests_are_checked(web_world: WebWorld) -> None:

@@ -459,12 +459,17 @@ def _plan(size: tuple[int, int], spec: ViewSpec, limits: LimitSettings) -> View:
 
 
 def renderer_for_worker(
-    spec: dict[str, Any], settings: CacheSettings, limits: LimitSettings = DEFAULT_LIMITS
+    spec: dict[str, Any],
+    settings: CacheSettings,
+    limits: LimitSettings = DEFAULT_LIMITS,
+    *,
+    link: RedisLink | None = None,
 ) -> CachedRenderer:
     """The renderer of a worker process, built after it dropped its privileges.
 
     ``spec["cache"]``, from the manager's `CacheAccess`, holds the shared tier's address and
-    this ESAF group's Redis user; without it the worker keeps to its memory tier.
+    this ESAF group's Redis user (or pass the ``link`` made from it by `worker_link`, to share
+    it); without either the worker keeps to its memory tier.
     """
     scope = Scope.for_worker(int(spec["gid"]), str(spec["home"]))
     budget = (
@@ -477,17 +482,9 @@ def renderer_for_worker(
         budget - band_budget, entry_nbytes, max_entry_fraction=settings.max_entry_fraction
     )
     bands: MemoryCache[Any] = MemoryCache(band_budget, entry_nbytes, max_entry_fraction=0.5)
-    access = spec.get("cache")
-    if not isinstance(access, dict) or not access.get("url"):
+    link = link or worker_link(spec.get("cache"), settings)
+    if link is None:
         return CachedRenderer(scope, memory, limits=limits, bands=bands)
-    link = RedisLink.connect(
-        str(access["url"]),
-        prefix=settings.key_prefix,
-        timeout_s=settings.redis_timeout_s,
-        retry_s=settings.redis_retry_s,
-        username=access.get("user"),
-        password=access.get("password"),
-    )
     writer = WriteBehind()
     return CachedRenderer(
         scope,
@@ -503,4 +500,19 @@ def renderer_for_worker(
         ),
         limits=limits,
         bands=bands,
+    )
+
+
+def worker_link(access: object, settings: CacheSettings) -> RedisLink | None:
+    """The link to the shared tier as this worker's ESAF group's Redis user, from the
+    ``cache`` entry of its grant; None when it has none."""
+    if not isinstance(access, dict) or not access.get("url"):
+        return None
+    return RedisLink.connect(
+        str(access["url"]),
+        prefix=settings.key_prefix,
+        timeout_s=settings.redis_timeout_s,
+        retry_s=settings.redis_retry_s,
+        username=access.get("user"),
+        password=access.get("password"),
     )

@@ -5,7 +5,8 @@ thread) and its own deadline; its programs run in their own process group, in a 
 directory made by and for the user. Progress goes, as the legacy server sent it, to a Redis
 channel the request names: ``{"progress": text, "done": false, "tag": tag}`` per line and
 ``{"done": true, "tag": tag}`` at the end — but only to a host the configuration allows, so
-a request cannot make a worker connect anywhere else.
+a request cannot make a worker connect anywhere else. Each job's record (state, progress,
+result) goes to the ESAF's `JobBoard`, where ``job`` requests of any member read it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from typing import Any
 import redis
 
 from imageserver.config import IndexSettings
-from imageserver.errors import IndexingError, RequestError
+from imageserver.errors import ImageServerError, IndexingError, RequestError
 from imageserver.formats.boundary import translated
 from imageserver.indexing.contract import IndexingInput, error_result
 from imageserver.indexing.inputs import build_input, rapd_detector
 from imageserver.indexing.pipeline import dials_environment, run_pipeline
 from imageserver.indexing.runner import minimal_environment, run_indexing
+from imageserver.service.job_board import JobBoard, JobRecord
 from imageserver.service.requests import IndexRequest
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,14 @@ PUBLISH_TIMEOUT_S = 0.5
 class ProgressChannel:
     """Where a job's progress lines go: a Redis channel, or nowhere (never an error)."""
 
-    def __init__(self, request: IndexRequest, allowed_hosts: frozenset[str]) -> None:
+    def __init__(
+        self,
+        request: IndexRequest,
+        allowed_hosts: frozenset[str],
+        board: tuple[JobBoard, JobRecord] | None = None,
+    ) -> None:
         self.tag = request.progress_tag
+        self._board = board
         self.channel = request.progress_publisher
         self._client: redis.Redis | None = None
         wanted = bool(self.channel and request.progress_address and request.progress_port > 0)
@@ -64,6 +72,8 @@ class ProgressChannel:
         self._failed = False
 
     def line(self, text: str) -> None:
+        if self._board is not None:
+            self._board[0].progress(self._board[1], text)
         self._publish({"progress": text, "done": False, "tag": self.tag})
 
     def done(self) -> None:
@@ -84,16 +94,35 @@ class ProgressChannel:
 class IndexJobs:
     """The index jobs of one worker, each cancellable by its tag while it runs."""
 
-    def __init__(self, settings: IndexSettings) -> None:
+    def __init__(self, settings: IndexSettings, board: JobBoard | None = None) -> None:
         self.settings = settings
+        self.board = board or JobBoard(None, os.getgid(), settings.record_ttl_s)
         self._lock = threading.Lock()
         self._running: dict[str, list[threading.Event]] = {}
 
     def run(self, request: IndexRequest, deadline: float) -> dict[str, Any]:
         """Index the request's files until ``deadline`` (time.monotonic); the result dict
-        (with ``error`` when indexing failed; a malformed request raises RequestError)."""
+        (with ``error`` when indexing failed; a malformed request raises RequestError).
+        The job's record on the board follows it from start to end."""
+        record = self.board.start(request.progress_tag, _record_inputs(request))
+        try:
+            result = self._run(request, deadline, record)
+        except ImageServerError as exc:
+            self.board.finish(record, "failed", error={"code": exc.code, "message": str(exc)})
+            raise
+        except BaseException:
+            failure = {"code": "internal", "message": "the index job failed; see the log"}
+            self.board.finish(record, "failed", error=failure)
+            raise
+        cancelled = result.get("error", {}).get("code") == "cancelled"
+        self.board.finish(record, "cancelled" if cancelled else "done", result=result)
+        return result
+
+    def _run(self, request: IndexRequest, deadline: float, record: JobRecord) -> dict[str, Any]:
         job = _indexing_input(request)
-        channel = ProgressChannel(request, self.settings.progress_host_set)
+        channel = ProgressChannel(
+            request, self.settings.progress_host_set, board=(self.board, record)
+        )
         started = time.monotonic()
         keep = request.keep or self.settings.keep_scratch
         with self._registered(request.progress_tag) as cancel:
@@ -199,6 +228,14 @@ def _indexing_input(request: IndexRequest) -> IndexingInput:
         frames = (request.frame1, max(request.frame2, request.frame1))
     with translated(files[0]):
         return build_input(files, frames, rapd_detector(files[0]))
+
+
+def _record_inputs(request: IndexRequest) -> dict[str, Any]:
+    """What the record says was asked: the files and the frame range, nothing else."""
+    inputs: dict[str, Any] = {"files": list(request.inputs)}
+    if request.frame1 > 0:
+        inputs["frames"] = [request.frame1, max(request.frame2, request.frame1)]
+    return inputs
 
 
 def _home() -> str:

@@ -17,7 +17,8 @@ every value fits; see `raw_bytes`), then one flag byte per pixel, the reduction'
 height, width) and the levels this request would have used. Only a plain JPEG failure keeps
 the legacy grey fallback: a PNG or raw client expects no JPEG.
 
-``list`` and ``latest`` read a directory as datasets (`formats.datasets`) as the user.
+``list`` and ``latest`` read a directory as datasets (`formats.datasets`) as the user;
+``job`` reads an index job's record from the ESAF's `JobBoard`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from imageserver.service.requests import (
     AnalysisRequest,
     CancelRequest,
     IndexRequest,
+    JobRequest,
     JpegRequest,
     LatestRequest,
     ListRequest,
@@ -128,7 +130,7 @@ def handle(
     except ImageServerError as exc:
         return Failure.of(exc)
     try:
-        if isinstance(request, IndexRequest | CancelRequest):
+        if isinstance(request, IndexRequest | CancelRequest | JobRequest):
             jobs = index or IndexJobs(IndexSettings())
             return run_index(request, jobs, monotonic_deadline(deadline_ns))
         return JOBS[type(request)](request, renderer or _uncached(limits), limits)
@@ -274,6 +276,9 @@ def run_index(request: Request, index: IndexJobs, deadline: float) -> Success:
     if isinstance(request, CancelRequest):
         stopped = index.cancel(request.tag or "")
         return Success((echo_job(request), json.dumps({"cancelled": stopped}).encode()))
+    if isinstance(request, JobRequest):
+        record = index.board.read(request.tag or "")
+        return Success((echo_job(request), json.dumps(record, allow_nan=False).encode()))
     assert isinstance(request, IndexRequest)
     result = index.run(request, deadline)
     return Success((echo_job(request), json.dumps(result, allow_nan=False).encode()))

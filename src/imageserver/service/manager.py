@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import os
 import queue
@@ -40,7 +41,8 @@ from imageserver.errors import CancelledError, DeadlineError, InternalError, Wor
 from imageserver.service import link
 from imageserver.service.admission import Admission, RequestInfo
 from imageserver.service.identity import Identity
-from imageserver.service.reply import Failure, Reply
+from imageserver.service.reply import Failure, Reply, Success
+from imageserver.service.requests import echo_job, parse_request
 from imageserver.service.systemd import notify
 from imageserver.service.zygote import ZygoteClient, ZygoteEvent
 from imageserver.transports.frames import reply_frames, split_request
@@ -253,6 +255,8 @@ class Manager:
             pending.identity = admission.identity
             if admission.info.type == "cancel":
                 self._cancel_waiting(admission.identity, admission.info.tag)
+            if admission.info.type == "job" and self._answer_waiting(request_id, admission):
+                continue
             if admission.info.type == "index" and not self._index_turn(request_id):
                 self._index_waiting.append(request_id)
                 continue
@@ -301,6 +305,28 @@ class Manager:
                 self._index_waiting.remove(request_id)
                 cancelled = CancelledError(f"index job {tag!r} cancelled before it started")
                 self._finish(request_id, Failure.of(cancelled))
+
+    def _answer_waiting(self, request_id: bytes, admission: Admission) -> bool:
+        """Answer a ``job`` request for an index job of the ESAF group still waiting here
+        (no worker holds a record of it yet); False when none waits with that tag."""
+        assert admission.identity is not None
+        gid, tag = admission.identity.gid, admission.info.tag
+        for position, waiting_id in enumerate(self._index_waiting, start=1):
+            waiting = self._pending.get(waiting_id)
+            if waiting is None or waiting.info is None or waiting.identity is None:
+                continue
+            if waiting.identity.gid == gid and waiting.info.tag == tag:
+                record = {
+                    "tag": tag,
+                    "login": waiting.info.login,
+                    "state": "queued",
+                    "position": position,
+                    "started": None,
+                }
+                echo = echo_job(parse_request(self._pending[request_id].payload))
+                self._finish(request_id, Success((echo, json.dumps(record).encode())))
+                return True
+        return False
 
     def _dispatch(self, slot: WorkerSlot, request_id: bytes) -> None:
         pending = self._pending[request_id]

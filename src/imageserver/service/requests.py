@@ -8,7 +8,8 @@ integer belongs (integral reals such as 512.0 are fine), ``true``, ``null``. Out
 sizes and zooms are refused instead of producing a blank image, and so are NaN, ±Infinity,
 lone surrogates, duplicate keys and nesting deeper than 64, so every accepted job can be
 echoed back as valid JSON. ``index`` (autoindexing, legacy §2.5) keeps its legacy fields and
-gains ``files`` and ``keep``; ``cancel`` stops the caller's index job of a ``tag``.
+gains ``files`` and ``keep``; ``cancel`` stops the caller's index job of a ``tag``; ``job``
+reads how the ESAF's index job of a ``tag`` stands.
 
 Added to the legacy set (docs/http-api.md): jpeg's ``format`` and ``levels``, and the
 ``list`` and ``latest`` requests on a directory.
@@ -176,6 +177,11 @@ class CancelRequest(BaseRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class JobRequest(BaseRequest):
+    """How the index job ``tag`` of this ESAF stands (any member's), from its record."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ObsoleteRequest(BaseRequest):
     """One of the four rsync-era types; its handler answers "Obsolete job type '<t>'"."""
 
@@ -191,6 +197,7 @@ Request = (
     | WhoamiRequest
     | IndexRequest
     | CancelRequest
+    | JobRequest
     | AnalysisRequest
     | ObsoleteRequest
 )
@@ -355,6 +362,12 @@ def _build_cancel(reader: _FieldReader, common: dict[str, Any]) -> CancelRequest
     return CancelRequest(**common)
 
 
+def _build_job(reader: _FieldReader, common: dict[str, Any]) -> JobRequest:
+    if not common.get("tag"):
+        raise RequestError("Missing tag for a job request: it names the index job")
+    return JobRequest(**common)
+
+
 _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "jpeg": _build_jpeg,
     "spots": _build_spots,
@@ -364,6 +377,7 @@ _BUILDERS: dict[str, Callable[[_FieldReader, dict[str, Any]], Request]] = {
     "latest": _build_latest,
     "index": _build_index,
     "cancel": _build_cancel,
+    "job": _build_job,
     "analysis": _build_analysis,
 }
 

@@ -129,16 +129,17 @@ def limit_heap(limit_bytes: int) -> None:
 
 
 def _default_handler(identity: Identity, config: WorkerConfig, grant: dict[str, Any]) -> Handler:
-    from imageserver.cache.renderer import renderer_for_worker
+    from imageserver.cache.renderer import renderer_for_worker, worker_link
     from imageserver.service.index_jobs import IndexJobs
+    from imageserver.service.job_board import JobBoard
     from imageserver.service.jobs import Jobs
 
+    link = worker_link(grant.get("cache"), config.cache)
     renderer = renderer_for_worker(
-        {"gid": identity.gid, "home": identity.home, "cache": grant.get("cache")},
-        config.cache,
-        config.limits,
+        {"gid": identity.gid, "home": identity.home}, config.cache, config.limits, link=link
     )
-    return Jobs(renderer=renderer, index=IndexJobs(config.index))
+    board = JobBoard(link, identity.gid, config.index.record_ttl_s)
+    return Jobs(renderer=renderer, index=IndexJobs(config.index, board))
 
 
 def run_job(handler: Callable[[bytes], Reply], job: link.Job, memory_limit_bytes: int) -> Reply:

@@ -286,20 +286,17 @@ def _add_api(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get(f"{API}/jobs/{{job_id}}", summary="How an index job stands; its result at the end")
     async def index_job(request: Request, job_id: str) -> Any:
-        job = gateway.jobs.get(gateway.token(request), job_id)
-        if job is None:
-            raise ChainError("file_missing", f"no index job {job_id[:40]!r} of this session")
-        return JSONResponse(job.as_json(), headers={"Cache-Control": "no-store"})
+        document = await gateway.jobs.status(gateway.token(request), job_id)
+        return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
     @app.post(f"{API}/jobs/{{job_id}}/cancel", summary="Stop an index job")
     async def cancel_index_job(request: Request, job_id: str) -> Any:
         token = gateway.token(request)
-        job = gateway.jobs.get(token, job_id)
-        if job is None:
-            raise ChainError("file_missing", f"no index job {job_id[:40]!r} of this session")
-        if job.finished is None:
-            await gateway.jobs.cancel(token, job)
-        return JSONResponse(job.as_json(), headers={"Cache-Control": "no-store"})
+        document = await gateway.jobs.status(token, job_id)
+        if document["state"] in ("queued", "starting", "running"):
+            await gateway.jobs.cancel(token, job_id)
+            document = await gateway.jobs.status(token, job_id)
+        return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
     @app.get(
         f"{API}/analysis",

@@ -1,11 +1,14 @@
-"""Index jobs started over HTTP: one wire `index` request each, followed by its id.
+"""Index jobs over HTTP: started as one wire `index` request, followed through its record.
 
 An index job takes a minute or more, longer than a browser waits for one response, so
 `POST /api/v1/jobs/index` starts the wire request in the background and answers at once
-with the job's id; `GET /api/v1/jobs/{id}` says how it stands and, at the end, gives the
-indexer's result; `POST /api/v1/jobs/{id}/cancel` sends the wire `cancel` with the job's
-tag. The table lives in the gateway's memory, per session: a job is visible only to the
-session that started it, and a finished one is forgotten after `FINISHED_KEEP_S`.
+with the job's id, ``<esaf>-<16 hex>`` (the wire tag is ``web-<16 hex>``). How a job stands
+is not kept here: the worker running it writes its record (state, progress lines, result)
+to the ESAF's job board in the shared Redis (`service.job_board`), and `GET
+/api/v1/jobs/{id}` reads it with a wire ``job`` request — so any session allowed that ESAF
+sees it (the manager checks), and a gateway restart forgets nothing. What only this gateway
+can know is kept for an hour: a job the chain refused or lost before any worker wrote its
+record (busy, a worker that could not start, the job's own deadline).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -25,94 +29,128 @@ from imageserver.web.sessions import session_hash
 
 MAX_JOBS_PER_SESSION = 16
 FINISHED_KEEP_S = 3600.0
+STATUS_TIMEOUT_S = 30.0
+JOB_ID = re.compile(r"(?P<esaf>\d{1,10})-(?P<key>[0-9a-f]{16})")
+RECORD_FIELDS = (
+    "state",
+    "login",
+    "inputs",
+    "started",
+    "updated",
+    "finished",
+    "progress",
+    "position",
+    "result",
+    "error",
+)
+"""What a job document takes from the worker's record (`service.job_board.JobRecord`)."""
 
 
 @dataclass
-class IndexJob:
+class StartedJob:
+    """A job this gateway started: its wire request in flight, and how that ended."""
+
     id: str
     session: str
     """The starting session's short hash (never the token)."""
     esaf: int
     inputs: dict[str, Any]
-    state: str = "running"
-    """"running", "done" (the indexer's result, which may be an error result), "failed"
-    (the chain refused or could not run it) or "cancelled"."""
-    result: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    """The chain's refusal of the wire request (no record may exist)."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
+    @property
+    def tag(self) -> str:
+        return wire_tag(self.id)
+
     def as_json(self) -> dict[str, Any]:
+        """What this gateway knows by itself: for a job without a record yet (or ever)."""
+        state = "starting" if self.finished is None else "failed" if self.error else "done"
         document: dict[str, Any] = {
             "id": self.id,
-            "state": self.state,
             "esaf": self.esaf,
+            "state": state,
             "inputs": self.inputs,
             "started": self.started,
-            "finished": self.finished,
         }
-        if self.result is not None:
-            document["result"] = self.result
+        if self.finished is not None:
+            document["finished"] = self.finished
         if self.error is not None:
             document["error"] = self.error
+            if self.error.get("code") == "cancelled":
+                document["state"] = "cancelled"
+        if self.result is not None:
+            document["result"] = self.result
         return document
 
 
 class JobTable:
-    """The index jobs of every session, started on one chain client."""
+    """Starts index jobs on one chain client and reads their records back through it."""
 
     def __init__(self, client_of: Callable[[], ChainClient | None], timeout_s: float) -> None:
         self._client_of = client_of
         """The gateway's `ChainClient`, made when the app starts."""
         self._timeout_s = timeout_s
-        self._jobs: dict[str, IndexJob] = {}
+        self._started: dict[str, StartedJob] = {}
 
-    def start(self, token: str, esaf: int, inputs: dict[str, Any]) -> IndexJob:
+    def start(self, token: str, esaf: int, inputs: dict[str, Any]) -> StartedJob:
         """Send the wire request in the background; BusyError beyond the session's share."""
         self._forget_old()
         session = session_hash(token)
         running = [
-            job for job in self._jobs.values() if job.session == session and job.finished is None
+            job for job in self._started.values() if job.session == session and job.finished is None
         ]
         if len(running) >= MAX_JOBS_PER_SESSION:
             raise BusyError(f"this session already runs {MAX_JOBS_PER_SESSION} index jobs")
-        job = IndexJob(id=secrets.token_hex(8), session=session, esaf=esaf, inputs=inputs)
-        self._jobs[job.id] = job
-        wire = {"type": "index", "pid": token, "esaf": esaf, "tag": f"web-{job.id}", **inputs}
+        job = StartedJob(
+            id=f"{esaf}-{secrets.token_hex(8)}", session=session, esaf=esaf, inputs=inputs
+        )
+        self._started[job.id] = job
+        wire = {"type": "index", "pid": token, "esaf": esaf, "tag": job.tag, **inputs}
         job.task = asyncio.get_running_loop().create_task(self._run(job, wire))
         return job
 
-    def get(self, token: str, job_id: str) -> IndexJob | None:
-        job = self._jobs.get(job_id)
-        if job is None or job.session != session_hash(token):
-            return None  # another session's job is as unknown as a made-up id
-        return job
+    async def status(self, token: str, job_id: str) -> dict[str, Any]:
+        """The job's document, from its record; ChainError ``job_unknown`` when there is
+        none, or the session's refusal (a session not allowed the job's ESAF)."""
+        esaf = job_esaf(job_id)
+        wire = {"type": "job", "pid": token, "esaf": esaf, "tag": wire_tag(job_id)}
+        started = self._started.get(job_id)
+        try:
+            reply = await self._client().request(wire, timeout_s=STATUS_TIMEOUT_S)
+        except ChainError as exc:
+            if exc.wire_code == "job_unknown" and started is not None:
+                return started.as_json()  # refused before any worker wrote its record
+            raise
+        record = json.loads(reply.document) if reply.document else {}
+        document = {"id": job_id, "esaf": esaf}
+        document.update((name, record[name]) for name in RECORD_FIELDS if name in record)
+        if started is not None and started.error is not None and document["state"] == "running":
+            document.update(state="failed", error=started.error, finished=started.finished)
+        return document
 
-    async def cancel(self, token: str, job: IndexJob) -> None:
-        client = self._client()
-        wire = {"type": "cancel", "pid": token, "esaf": job.esaf, "tag": f"web-{job.id}"}
-        await client.request(wire, timeout_s=30.0)
+    async def cancel(self, token: str, job_id: str) -> None:
+        esaf = job_esaf(job_id)
+        wire = {"type": "cancel", "pid": token, "esaf": esaf, "tag": wire_tag(job_id)}
+        await self._client().request(wire, timeout_s=STATUS_TIMEOUT_S)
 
     async def close(self) -> None:
-        for job in self._jobs.values():
+        for job in self._started.values():
             if job.task is not None and not job.task.done():
                 job.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job.task
 
-    async def _run(self, job: IndexJob, wire: dict[str, Any]) -> None:
-        client = self._client()
+    async def _run(self, job: StartedJob, wire: dict[str, Any]) -> None:
         try:
-            reply = await client.request(wire, timeout_s=self._timeout_s)
+            reply = await self._client().request(wire, timeout_s=self._timeout_s)
             job.result = json.loads(reply.document) if reply.document else {}
-            cancelled = (job.result.get("error") or {}).get("code") == "cancelled"
-            job.state = "cancelled" if cancelled else "done"
         except ChainError as exc:
-            job.state = "cancelled" if exc.wire_code == "cancelled" else "failed"
             job.error = {"code": exc.wire_code, "message": exc.message}
         except ValueError:
-            job.state = "failed"
             job.error = {"code": "internal", "message": "the indexer's result is not JSON"}
         finally:
             job.finished = time.time()
@@ -124,6 +162,18 @@ class JobTable:
 
     def _forget_old(self) -> None:
         now = time.time()
-        for job_id, job in list(self._jobs.items()):
+        for job_id, job in list(self._started.items()):
             if job.finished is not None and now - job.finished > FINISHED_KEEP_S:
-                del self._jobs[job_id]
+                del self._started[job_id]
+
+
+def job_esaf(job_id: str) -> int:
+    """The ESAF a job id names; ChainError ``job_unknown`` for anything not a job id."""
+    match = JOB_ID.fullmatch(job_id)
+    if match is None:
+        raise ChainError("job_unknown", f"{job_id[:40]!r} is not an index job id")
+    return int(match["esaf"])
+
+
+def wire_tag(job_id: str) -> str:
+    return f"web-{job_id.partition('-')[2]}"

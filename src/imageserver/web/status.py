@@ -11,6 +11,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "account_unusable": 403,
     "permission_denied": 403,
     "file_missing": 404,
+    "job_unknown": 404,
     "unknown_format": 422,
     "corrupt_frame": 422,
     "frame_out_of_range": 422,
