@@ -30,6 +30,9 @@ MAX_SIDE_PX = 1 << 20
 """No detector is a million pixels wide: a longer side is a damaged header, not a big image."""
 
 
+PANEL_NUMBERS = 12
+
+
 @dataclass(frozen=True)
 class FrameMeta:
     """What a file says about its detector and frames, in one model for all formats.
@@ -53,6 +56,19 @@ class FrameMeta:
     pixel_size_y_m: float | None = None
     saturation_value: int | None = None
     native: Mapping[str, Any] = field(default_factory=dict)
+    panel: tuple[float, ...] | None = None
+    """Where the detector is when the file says more than the beam centre and distance (a
+    full CBF's axis tables, e.g. a detector on a 2θ arm): the corner of pixel (0, 0) in mm,
+    the unit vectors of growing fast and slow pixel index and the beam's direction, 12
+    numbers in one laboratory frame (`formats.imgcif_axes`). None: a flat detector normal to
+    the beam at the beam centre."""
+
+    def __post_init__(self) -> None:
+        if self.panel is not None:
+            panel = tuple(float(value) for value in self.panel)
+            if len(panel) != PANEL_NUMBERS:
+                raise ValueError(f"a detector panel is {PANEL_NUMBERS} numbers, not {len(panel)}")
+            object.__setattr__(self, "panel", panel)
 
     @property
     def frame_count(self) -> int:

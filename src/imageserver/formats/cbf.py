@@ -43,6 +43,7 @@ from imageserver.formats.base import (
     frame_range_error,
 )
 from imageserver.formats.compressed import read_bytes, read_head
+from imageserver.formats.imgcif_axes import detector_panel
 
 CBF_MAGIC = b"###CBF"
 MASKED_U32 = 0xFFFFFFFF
@@ -253,6 +254,7 @@ def _cbf_meta(path: Path, cif: dict[str, Any], section: _BinarySection) -> Frame
         pixel_size_y_m=pixel[1],
         saturation_value=int(cutoff) if cutoff is not None else None,
         native={key: value for key, value in native.items() if value is not None},
+        panel=detector_panel(_loop_rows(cif)),
     )
 
 
@@ -289,6 +291,19 @@ def _imgcif_values(cif: dict[str, Any]) -> dict[str, tuple[float, ...]]:
     if "pixel_size" in values and len(values["pixel_size"]) == 1:
         values["pixel_size"] *= 2
     return values
+
+
+def _loop_rows(cif: dict[str, Any]) -> list[dict[str, str]]:
+    """Every row of every loop of fabio's CIF parse, names and values as text."""
+    return [
+        {_text(key): _text(value) for key, value in row.items()}
+        for loop in cif.get("loop_", ())
+        for row in loop[1]
+    ]
+
+
+def _text(value: object) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def _cif_number(value: bytes) -> float | None:

@@ -1,11 +1,12 @@
-"""Resolution of detector positions: a flat detector normal to the beam, parallax included.
+"""Resolution of detector positions on a flat panel, parallax included.
 
-Enough for spot resolution until tilted detectors matter. The beam centre is the header's,
-taken as DIALS takes it: dxtbx turns it into millimetres from the detector's corner, so a
-pixel index i sits at i + 0.5 from it. Like DIALS for pixel-array detectors, the position
-where a photon is counted is corrected for its mean absorption depth in the sensor (parallax;
-without it, d is off by up to 0.15 % at the edge, enough to move a spot across an ice ring's
-edge); d is then 1/|s1 − s0|, as DIALS maps a centroid to reciprocal space.
+The panel is the file's own (`FrameMeta.panel`: a full CBF's axes, e.g. a detector on a 2θ
+arm) or, by default, normal to the beam at the header's beam centre, taken as DIALS takes it:
+dxtbx turns the centre into millimetres from the detector's corner, so a pixel index i sits at
+i + 0.5 from it. Like DIALS for pixel-array detectors, the position where a photon is counted
+is corrected for its mean absorption depth in the sensor (parallax; without it, d is off by
+up to 0.15 % at the edge, enough to move a spot across an ice ring's edge); d is then
+1/|s1 − s0|, as DIALS maps a centroid to reciprocal space.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class Geometry:
     pixel_size_y_m: float
     sensor_mu_per_mm: float = 0.0
     sensor_thickness_mm: float = 0.0
+    panel: tuple[float, ...] | None = None
+    """The file's panel (`FrameMeta.panel`); None: normal to the beam at the beam centre."""
+
+    @property
+    def is_normal_to_beam(self) -> bool:
+        """True when resolution depends only on the distance from the beam centre."""
+        return self.panel is None
 
     @classmethod
     def from_meta(cls, meta: FrameMeta, path: object = "") -> Geometry:
@@ -74,7 +82,7 @@ class Geometry:
                 f"{path}: resolution needs {', '.join(missing)}, which the file does not give"
             )
         bx, by, distance, wavelength, px, py = (float(cast(float, v)) for v in values.values())
-        geometry = cls(bx, by, distance, wavelength, px, py)
+        geometry = cls(bx, by, distance, wavelength, px, py, panel=meta.panel)
         thickness_m = meta.native.get("sensor_thickness")
         if meta.native.get("sensor_material") != "Si" or not isinstance(thickness_m, float):
             return geometry
@@ -88,27 +96,62 @@ class Geometry:
 
     def d_spacing_a(self, x_px: FloatArray, y_px: FloatArray) -> FloatArray:
         """Resolution (Å) at pixel-index coordinates; inf at the beam itself."""
-        px_mm, py_mm = self.pixel_size_x_m * 1000, self.pixel_size_y_m * 1000
-        distance_mm = self.distance_m * 1000
-        dx = (np.asarray(x_px, dtype=np.float64) + 0.5 - self.beam_x_px) * px_mm
-        dy = (np.asarray(y_px, dtype=np.float64) + 0.5 - self.beam_y_px) * py_mm
+        origin, fast, slow, beam = self._panel_mm()
+        x_mm = (np.asarray(x_px, dtype=np.float64) + 0.5) * (self.pixel_size_x_m * 1000)
+        y_mm = (np.asarray(y_px, dtype=np.float64) + 0.5) * (self.pixel_size_y_m * 1000)
         if self.sensor_thickness_mm > 0:
-            length = np.sqrt(dx * dx + dy * dy + distance_mm * distance_mm)
-            mu, t0 = self.sensor_mu_per_mm, self.sensor_thickness_mm
-            path_mm = t0 * length / distance_mm  # through the sensor along the ray
-            depth = 1.0 / mu - (path_mm + 1.0 / mu) * np.exp(-mu * path_mm)
-            dx = dx - dx / length * depth
-            dy = dy - dy / length * depth
-        length = np.sqrt(dx * dx + dy * dy + distance_mm * distance_mm)
-        d_star_sq = (
-            (dx / length) ** 2 + (dy / length) ** 2 + (distance_mm / length - 1.0) ** 2
-        ) / (self.wavelength_a * self.wavelength_a)
+            x_mm, y_mm = self._parallax_corrected(x_mm, y_mm, origin, fast, slow)
+        lab = [origin[i] + x_mm * fast[i] + y_mm * slow[i] for i in range(3)]
+        length = np.sqrt(lab[0] * lab[0] + lab[1] * lab[1] + lab[2] * lab[2])
+        d_star_sq = sum((lab[i] / length - beam[i]) ** 2 for i in range(3)) / (
+            self.wavelength_a * self.wavelength_a
+        )
         with np.errstate(divide="ignore"):
             return cast(FloatArray, 1.0 / np.sqrt(d_star_sq))
 
+    def _panel_mm(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Origin (mm), fast, slow and beam directions; the default panel puts the beam
+        centre on the beam, the detector at ``distance_m`` along it."""
+        if self.panel is not None:
+            numbers = np.asarray(self.panel, dtype=np.float64)
+            return numbers[0:3], numbers[3:6], numbers[6:9], numbers[9:12]
+        origin = np.array(
+            [
+                -self.beam_x_px * self.pixel_size_x_m * 1000,
+                -self.beam_y_px * self.pixel_size_y_m * 1000,
+                self.distance_m * 1000,
+            ]
+        )
+        return origin, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 1.0])
+
+    def _parallax_corrected(
+        self,
+        x_mm: FloatArray,
+        y_mm: FloatArray,
+        origin: FloatArray,
+        fast: FloatArray,
+        slow: FloatArray,
+    ) -> tuple[FloatArray, FloatArray]:
+        """Where the ray met the sensor's front, from where it was counted (DIALS's
+        attenuation length along the ray, projected on the panel's axes)."""
+        normal = np.cross(fast, slow)
+        if float(np.dot(origin, normal)) < 0:
+            normal = -normal
+        lab = [origin[i] + x_mm * fast[i] + y_mm * slow[i] for i in range(3)]
+        length = np.sqrt(lab[0] * lab[0] + lab[1] * lab[1] + lab[2] * lab[2])
+        unit = [component / length for component in lab]
+        cos_t = sum(unit[i] * normal[i] for i in range(3))
+        mu, t0 = self.sensor_mu_per_mm, self.sensor_thickness_mm
+        path_mm = t0 / cos_t  # through the sensor along the ray
+        depth = 1.0 / mu - (path_mm + 1.0 / mu) * np.exp(-mu * path_mm)
+        along_fast = sum(unit[i] * fast[i] for i in range(3))
+        along_slow = sum(unit[i] * slow[i] for i in range(3))
+        return x_mm - along_fast * depth, y_mm - along_slow * depth
+
     def radius_sq_m2(self, d_a: float) -> float:
         """Squared distance from the beam (m²) at which resolution d_a is reached, without
-        parallax (inf when a flat detector never reaches it)."""
+        parallax (inf when a flat detector never reaches it); only for a detector normal to
+        the beam (`is_normal_to_beam`)."""
         sin_theta = self.wavelength_a / (2.0 * d_a)
         if sin_theta >= 1.0:
             return math.inf

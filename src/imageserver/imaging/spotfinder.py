@@ -41,7 +41,13 @@ from imageserver.errors import (
     MissingMetadataError,
     RequestError,
 )
-from imageserver.formats.base import STRIP_ELEMENTS, AnyFrame, EncodedFrame, PixelArray
+from imageserver.formats.base import (
+    STRIP_ELEMENTS,
+    AnyFrame,
+    EncodedFrame,
+    MaskArray,
+    PixelArray,
+)
 from imageserver.imaging import spot_kernels
 from imageserver.imaging.reduce import (
     RowSource,
@@ -193,6 +199,34 @@ def find_spots(
         SCRATCH.give(clean, flags)
 
 
+def _with_resolution_range(
+    mask: MaskArray | None,
+    shape: tuple[int, ...],
+    geometry: Geometry,
+    d_min_a: float | None,
+    d_max_a: float | None,
+) -> MaskArray | None:
+    """``mask`` with the pixels outside d_min–d_max set, for a panel where resolution is not
+    a function of the distance from the beam centre (the kernel's shortcut); d per pixel
+    centre, a row block at a time."""
+    if d_min_a is None and d_max_a is None:
+        return mask
+    height, width = shape
+    combined = np.zeros((height, width), dtype=np.uint8) if mask is None else mask.copy()
+    columns = np.arange(width, dtype=np.float64)
+    step = max(1, STRIP_ELEMENTS // width)
+    for first in range(0, height, step):
+        rows = np.arange(first, min(height, first + step), dtype=np.float64)[:, None]
+        d_a = geometry.d_spacing_a(np.broadcast_to(columns, (rows.shape[0], width)), rows)
+        outside = np.zeros(d_a.shape, dtype=bool)
+        if d_min_a is not None:
+            outside |= d_a < d_min_a
+        if d_max_a is not None:
+            outside |= d_a > d_max_a
+        combined[first : first + rows.shape[0]][outside] = 1
+    return combined
+
+
 def clean_frame(
     frame: AnyFrame,
     *,
@@ -222,9 +256,12 @@ def clean_frame(
     saturation = saturation_threshold(np.dtype(dtype), frame.meta.saturation_value)
     r2_lo, r2_hi = -1.0, math.inf
     beam: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    if d_min_a is not None or d_max_a is not None:
-        if geometry is None:
-            raise MissingMetadataError(f"{frame.path}: a resolution range needs the geometry")
+    if (d_min_a is not None or d_max_a is not None) and geometry is None:
+        raise MissingMetadataError(f"{frame.path}: a resolution range needs the geometry")
+    if geometry is not None and not geometry.is_normal_to_beam:
+        mask = _with_resolution_range(mask, shape, geometry, d_min_a, d_max_a)
+    elif d_min_a is not None or d_max_a is not None:
+        assert geometry is not None
         beam = (
             geometry.beam_x_px, geometry.beam_y_px, geometry.pixel_size_x_m,
             geometry.pixel_size_y_m,
