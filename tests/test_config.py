@@ -13,6 +13,7 @@ from imageserver.config import (
     CONFIG_ENV,
     ConfigError,
     IdentitySettings,
+    IndexSettings,
     Settings,
     WorkerSettings,
     load_settings,
@@ -192,3 +193,22 @@ def test_the_documentation_names_every_key() -> None:
         assert f"## [{section}]" in text
         for key in keys:
             assert f"| `{key}` |" in text, f"docs/configuration.md lacks [{section}] {key}"
+
+
+@pytest.mark.parametrize(
+    "allowed, host, port, expected",
+    [
+        ("127.0.0.1:6379,[::1]:6379", "127.0.0.1", 6379, True),
+        ("127.0.0.1:6379,[::1]:6379", "127.0.0.1", 6380, False),
+        ("127.0.0.1:6379,[::1]:6379", "::1", 6379, True),
+        ("127.0.0.1:6379,[::1]:6379", "::1", 22, False),
+        ("redis.example, ::1", "redis.example", 7000, True),  # a bare host: any port
+        ("redis.example, ::1", "::1", 7000, True),
+        ("redis.example", "other.example", 6379, False),
+        ("", "127.0.0.1", 6379, False),
+    ],
+)
+def test_progress_servers_are_allowed_by_host_and_port(
+    allowed: str, host: str, port: int, expected: bool
+) -> None:
+    assert IndexSettings(progress_hosts=allowed).allows_progress_to(host, port) is expected

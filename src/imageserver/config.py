@@ -261,9 +261,10 @@ class IndexSettings:
     keep_scratch: bool = False
     max_jobs: int = 2
     """Jobs running at once on this node; later ones wait in order."""
-    progress_hosts: str = "127.0.0.1,localhost,::1"
-    """Redis hosts a request may name for its progress messages (comma-separated); a
-    request naming another host gets no progress messages, never a connection elsewhere."""
+    progress_hosts: str = "127.0.0.1:6379,localhost:6379,[::1]:6379"
+    """Redis servers a request may name for its progress messages (comma-separated
+    ``host:port``, ``[v6 address]:port``, or a bare host for any of its ports); a request
+    naming another gets no progress messages, never a connection elsewhere."""
     record_ttl_s: int = 86400
     """How long a job's record (state, progress, result) stays readable in the shared
     Redis after its last change."""
@@ -275,9 +276,25 @@ class IndexSettings:
             self.scratch_root.startswith("/"), self.SECTION, "scratch_root", "must be absolute"
         )
 
-    @property
-    def progress_host_set(self) -> frozenset[str]:
-        return frozenset(host.strip() for host in self.progress_hosts.split(",") if host.strip())
+    def allows_progress_to(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is one of `progress_hosts` (a bare host: any port)."""
+        for entry in (part.strip() for part in self.progress_hosts.split(",")):
+            allowed_host, allowed_port = _host_and_port(entry)
+            if allowed_host == host and allowed_port in (None, port):
+                return True
+        return False
+
+
+def _host_and_port(entry: str) -> tuple[str, int | None]:
+    """``host:port``, ``[v6]:port``, ``[v6]``, a bare v6 address or a bare host."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+        return host, int(port) if port.isdigit() else None
+    host, colon, port = entry.rpartition(":")
+    if colon and ":" not in host and port.isdigit():
+        return host, int(port)
+    return entry, None
 
 
 @dataclass(frozen=True)

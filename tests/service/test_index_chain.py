@@ -85,6 +85,7 @@ def world(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         extra = (
             f'[index]\ncommand = "{indexer}"\nmax_jobs = 1\n'
             f'scratch_root = "{base.data / "scratch"}"\n'
+            f'progress_hosts = "127.0.0.1:{base.redis.port},[::1]:{base.redis.port}"\n'
         )
         (base.data / "scratch").mkdir(mode=0o1777)
         (base.data / "scratch").chmod(0o1777)
@@ -137,17 +138,22 @@ def test_index_answers_with_the_indexers_result_and_publishes_progress(world: In
     subscriber.close()
 
 
-def test_progress_goes_only_to_allowed_hosts(world: IndexWorld) -> None:
+@pytest.mark.parametrize(
+    "address, port",
+    [("192.0.2.1", 6379), ("127.0.0.1", 1)],  # TEST-NET; the allowed host at another port
+)
+def test_progress_goes_only_to_allowed_servers(world: IndexWorld, address: str, port: int) -> None:
     reply = world.request(
         type="index",
         fn1=str(world.frame),
         tag="elsewhere",
         progressPublisher="index-progress",
-        progressAddress="192.0.2.1",  # TEST-NET: never connected to
-        progressPort=6379,
+        progressAddress=address,
+        progressPort=port,
     )
     assert reply.error is None
-    assert "not in [index] progress_hosts" in world.chain.log_text()
+    refusal = f"progress server {address!r} port {port} is not in [index] progress_hosts"
+    assert refusal in world.chain.log_text()
 
 
 def test_a_running_index_job_holds_up_no_view_and_waits_and_cancels_by_tag(

@@ -48,7 +48,7 @@ class ProgressChannel:
     def __init__(
         self,
         request: IndexRequest,
-        allowed_hosts: frozenset[str],
+        settings: IndexSettings,
         board: tuple[JobBoard, JobRecord] | None = None,
     ) -> None:
         self.tag = request.progress_tag
@@ -56,11 +56,14 @@ class ProgressChannel:
         self.channel = request.progress_publisher
         self._client: redis.Redis | None = None
         wanted = bool(self.channel and request.progress_address and request.progress_port > 0)
-        if wanted and request.progress_address not in allowed_hosts:
+        address, port = request.progress_address, request.progress_port
+        if wanted and not settings.allows_progress_to(address, port):
             log.warning(
-                "index %s: progress host %r is not in [index] progress_hosts; not publishing",
+                "index %s: progress server %r port %d is not in [index] progress_hosts;"
+                " not publishing",
                 self.tag,
-                request.progress_address[:100],
+                address[:100],
+                port,
             )
         elif wanted:
             self._client = redis.Redis(
@@ -120,9 +123,7 @@ class IndexJobs:
 
     def _run(self, request: IndexRequest, deadline: float, record: JobRecord) -> dict[str, Any]:
         job = _indexing_input(request)
-        channel = ProgressChannel(
-            request, self.settings.progress_host_set, board=(self.board, record)
-        )
+        channel = ProgressChannel(request, self.settings, board=(self.board, record))
         started = time.monotonic()
         keep = request.keep or self.settings.keep_scratch
         with self._registered(request.progress_tag) as cancel:
