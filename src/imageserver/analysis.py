@@ -110,12 +110,8 @@ def analyse(frame: AnyFrame, params: AnalysisParams | None = None) -> AnalysisRe
     )
     d_a = geometry.d_spacing_a(spots.x_px, spots.y_px)
     stats = per_image_stats(d_a, spots.intensity, filter_ice=params.filter_ice)
-    listed = tuple(
-        Spot(float(x), float(y), float(i), int(n), float(d))
-        for x, y, i, n, d in zip(
-            spots.x_px, spots.y_px, spots.intensity, spots.size_px, d_a, strict=True
-        )
-    )
+    columns = (spots.x_px, spots.y_px, spots.intensity, spots.size_px, d_a)
+    listed = tuple(map(Spot, *(column.tolist() for column in columns)))  # Python numbers
     return AnalysisResult(stats=stats, spots=listed)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -110,11 +110,17 @@ def ice_ring_d_star_sq(d_min_a: float = 0.5) -> FloatArray:
 
 def ice_ring_selection(d_star_sq: FloatArray, width: float = ICE_RING_WIDTH) -> BoolArray:
     """Spots within half the ring width (in d*²) of an ice ring."""
-    rings = np.unique(ice_ring_d_star_sq())
-    selected = np.zeros(d_star_sq.shape, dtype=bool)
-    for ring in rings:
-        selected |= np.abs(d_star_sq - ring) < width / 2.0
-    return selected
+    rings = _unique_rings()
+    # Only the rings on either side of a spot can be the nearest: test those two.
+    above = np.clip(np.searchsorted(rings, d_star_sq), 1, rings.shape[0] - 1)
+    near_below = np.abs(d_star_sq - rings[above - 1]) < width / 2.0
+    near_above = np.abs(d_star_sq - rings[above]) < width / 2.0
+    return cast(BoolArray, near_below | near_above)
+
+
+@cache
+def _unique_rings() -> FloatArray:
+    return np.unique(ice_ring_d_star_sq())
 
 
 def estimate_resolution_limit(
@@ -152,13 +158,8 @@ def estimate_resolution_limit(
     m_lower, _ = linear_regression(lower_x, lower_y)
     if m_upper == m_lower:
         return -1.0
-    inside = np.array(
-        [
-            math.copysign(1.0, x * -m_upper + (y - c_upper)) < 0
-            for x, y in zip(d_star_sq, log_i_over_sigi, strict=True)
-        ],
-        dtype=bool,
-    )
+    # Below the upper line: DIALS tests the sign of x·(−m) + (y − c) (−0 counts as below).
+    inside = np.signbit(d_star_sq * -m_upper + (log_i_over_sigi - c_upper))
     inside &= ~outliers_all & ~ice
     if not inside.any():
         return -1.0
@@ -255,11 +256,8 @@ def distl_method_1(d_star_sq: FloatArray) -> tuple[float, float]:
         if gaps[i] > g_k - 0.5 * s:
             p_g = i
     m = ds3.shape[0]
-    noisiness = 0
-    for i in range(m - 1):
-        for j in range(i + 1, m - 1):
-            if slopes[i] >= slopes[j]:
-                noisiness += 1
+    later = np.triu(np.ones((m - 1, m - 1), dtype=bool), k=1)  # pairs i < j
+    noisiness = int((later & (slopes[:, None] >= slopes[None, :])).sum())
     return float(d_subset[p_g]), noisiness / ((m - 1) * (m - 2) / 2)
 
 
@@ -279,7 +277,11 @@ def distl_method_2(d_a: FloatArray) -> tuple[float, float]:
         ds3_min = ds3[0] + (i + 1) * bin_step
         shells.append((1 / ds3_min ** (1 / 3), 1 / ds3_max ** (1 / 3)))
         ds3_max = ds3_min
-    counts = [int(((d_a < d_max) & (d_a >= d_min)).sum()) for d_min, d_max in shells]
+    d_sorted = np.sort(d_a)
+    counts = [
+        int(np.searchsorted(d_sorted, d_max) - np.searchsorted(d_sorted, d_min))
+        for d_min, d_max in shells
+    ]  # the spots with d_min ≤ d < d_max
     t0 = (counts[0] + counts[1]) / 2
     mu = 0.15
     i = 0
@@ -288,5 +290,7 @@ def distl_method_2(d_a: FloatArray) -> tuple[float, float]:
             break
     d_min = float(shells[i][0])
     m = len(counts)
-    noisiness = sum(1 for a in range(m) for b in range(a + 1, m) if counts[a] <= counts[b])
+    shell_counts = np.array(counts)
+    later = np.triu(np.ones((m, m), dtype=bool), k=1)  # pairs a < b
+    noisiness = int((later & (shell_counts[:, None] <= shell_counts[None, :])).sum())
     return d_min, noisiness / (0.5 * m * (m - 1))

@@ -57,7 +57,7 @@ from imageserver.imaging.reduce import (
     saturation_threshold,
 )
 from imageserver.imaging.resolution import Geometry
-from imageserver.threads import run_blocks
+from imageserver.threads import THREADS, run_blocks
 
 ALGORITHMS = ("dispersion_extended", "dispersion")
 CleanArray = npt.NDArray[np.int32]
@@ -316,17 +316,34 @@ def strong_pixels(
     first = np.concatenate([pixels[:n] for pixels, n in zip(flagged, counts, strict=True)])
     if not extended:
         return first
-    core = np.empty_like(first)
     radius = params.kernel_size_px - 1  # DIALS erodes where distance ≥ kernel size
-    n_core = spot_kernels.core_pixels(flags, first, radius, core)
-    core = core[:n_core]
+    core = _in_parts(first, lambda part, out: spot_kernels.core_pixels(flags, part, radius, out))
     spot_kernels.mark_pixels(core, spot_kernels.CORE, flags)
-    strong = np.empty_like(core)
-    n_strong = spot_kernels.extended_strong_pixels(
-        clean, flags, core, params.kernel_size_px + 2, params.sigma_strong, params.gain,
-        params.global_threshold, strong,
+    return _in_parts(
+        core,
+        lambda part, out: spot_kernels.extended_strong_pixels(
+            clean, flags, part, params.kernel_size_px + 2, params.sigma_strong, params.gain,
+            params.global_threshold, out,
+        ),
     )  # fmt: skip
-    return strong[:n_strong]
+
+
+def _in_parts(
+    pixels: PixelList, select: Callable[[PixelList, PixelList], int], min_part: int = 256
+) -> PixelList:
+    """The pixels ``select(part, out)`` keeps (it writes them to ``out`` and returns their
+    number), run on consecutive parts over the threads; raster order is kept."""
+    n_parts = max(1, min(THREADS, pixels.shape[0] // min_part))
+    bounds = np.linspace(0, pixels.shape[0], n_parts + 1).astype(np.int64)
+    parts = [pixels[bounds[k] : bounds[k + 1]] for k in range(n_parts)]
+    kept = [np.empty_like(part) for part in parts]
+    counts = [0] * n_parts
+
+    def run(k: int) -> None:
+        counts[k] = select(parts[k], kept[k])
+
+    _run_each(run, n_parts)
+    return np.concatenate([out[:n] for out, n in zip(kept, counts, strict=True)])
 
 
 def label_spots(strong: PixelList, clean: CleanArray) -> Spots:
