@@ -84,13 +84,45 @@ def test_master_metadata_values_types_and_units(series: Path) -> None:
         assert specific["photon_energy"][()] == pytest.approx(12398.4193 / SMALL.wavelength_a)
         assert f["/entry/instrument/beam/incident_wavelength"].attrs["units"] == b"angstrom"
         omega = f["/entry/sample/goniometer/omega"]
-        assert omega.dtype == np.float32 and omega.attrs["units"] == b"degree"
+        # float64 where the DCU writes float32: DIALS 3.12 makes no scan of float32 angles
+        assert omega.dtype == np.float64 and omega.attrs["units"] == b"degree"
+        assert f["/entry/sample/goniometer/phi"].dtype == np.float32
+        assert f["/entry/sample/goniometer/omega_increment"][()] == pytest.approx(0.1)
         np.testing.assert_allclose(omega[()], [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-6)
         np.testing.assert_allclose(f["/entry/sample/goniometer/omega_end"][()], omega[()] + 0.1)
         assert f["/entry/sample/goniometer/phi"].shape == (5,)
         mask = specific["pixel_mask"]
         assert (mask.dtype, mask.compression) == (np.uint32, "gzip")
         assert int(specific["number_of_excluded_pixels"][()]) == np.count_nonzero(mask[()])
+
+
+def test_master_places_detector_and_sample_as_nxmx_says(series: Path) -> None:
+    """The depends_on chains DIALS follows: the beam meets the panel at the beam centre."""
+    with h5py.File(series, "r") as f:
+        detector = f[DETECTOR]
+        translation = f[detector["depends_on"][()].decode()]
+        module = detector["module"]
+        fast, slow = module["fast_pixel_direction"], module["slow_pixel_direction"]
+        offset = f[fast.attrs["depends_on"].decode()]
+        assert f[offset.attrs["depends_on"].decode()] == translation
+        assert translation.attrs["depends_on"] == b"."
+        assert translation[()] == detector["detector_distance"][()]
+        np.testing.assert_array_equal(translation.attrs["vector"], [0, 0, 1])
+        np.testing.assert_array_equal(fast.attrs["vector"], [-1, 0, 0])
+        np.testing.assert_array_equal(slow.attrs["vector"], [0, -1, 0])
+        assert fast[()] == detector["x_pixel_size"][()] == slow[()]
+        # McStas x and y of the first pixel's corner, in pixels: the beam centre
+        corner = offset.attrs["offset"][:2] / float(fast[()])
+        np.testing.assert_allclose(corner, [SMALL.beam_x_px, SMALL.beam_y_px], rtol=1e-12)
+        assert offset[()] == 0 and offset.attrs["offset_units"] == b"m"
+        assert list(module["data_origin"][()]) == [0, 0]
+        assert list(module["data_size"][()]) == [600, 1100]  # slow, fast
+        assert detector["pixel_mask"] == f[f"{SPECIFIC}/pixel_mask"]  # one dataset
+        omega = f[f["/entry/sample/depends_on"][()].decode()]
+        assert omega.name == "/entry/sample/goniometer/omega"
+        assert omega.attrs["transformation_type"] == b"rotation"
+        assert omega.attrs["depends_on"] == b"."
+        np.testing.assert_array_equal(omega.attrs["vector"], [-1, 0, 0])
 
 
 def test_data_are_bitshuffle_lz4_one_frame_per_chunk(series: Path) -> None:

@@ -4,6 +4,12 @@ A NeXus master (``{stem}_master.h5``) holds the metadata and the pixel mask and 
 files (``{stem}_data_000001.h5`` …) whose ``/entry/data/data`` stacks hold the frames,
 bitshuffle-LZ4 compressed one frame per chunk. Gaps and dead pixels carry the dtype's maximum,
 as the detector writes them with the mask applied, so readers see what they see on a beamline.
+
+The master also carries the NXmx geometry that DIALS (dxtbx's NXmx reader) builds its models
+from: the detector's translation along the beam (``depends_on``), one detector module whose
+offset puts the beam centre on the beam, the pixel mask under the detector, and the sample's
+omega axis as the rotation of the scan. NeXus axes are McStas (x horizontal, y up, z along the
+beam), so the fast pixel direction is -x and the slow one -y, as on a Dectris detector.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ SATURATION_32BIT = 2**20
 SATURATION_16BIT = 65534
 
 OMEGA_STEP_DEG = 0.1
+ROTATION_AXIS = (-1.0, 0.0, 0.0)
+"""The goniometer's axes at zero, in McStas coordinates: horizontal, DIALS's usual (1, 0, 0)."""
 FRAME_TIME_S = 0.1
 READOUT_TIME_S = 1e-7
 SENSOR_THICKNESS_M = 450e-6
@@ -170,13 +178,20 @@ def _write_master(
     instrument = _group(entry, "instrument", "NXinstrument")
     beam = _group(instrument, "beam", "NXbeam")
     _number(beam, "incident_wavelength", geometry.wavelength_a, np.float32, "angstrom")
-    _write_detector(_group(instrument, "detector", "NXdetector"), geometry, bit_depth, saturation)
-    _write_detector_specific(instrument["detector"], geometry, mask, n_frames)
+    detector = _group(instrument, "detector", "NXdetector")
+    _write_detector(detector, geometry, bit_depth, saturation)
+    _write_detector_specific(detector, geometry, mask, n_frames)
+    detector["pixel_mask"] = detector["detectorSpecific/pixel_mask"]  # one mask, two names
+    _write_detector_position(detector, geometry)
     sample = _group(entry, "sample", "NXsample")
-    _write_rotation(_group(sample, "goniometer", "NXtransformations"), "omega", n_frames, 1.0)
-    _write_rotation(sample["goniometer"], "phi", n_frames, 0.0)
-    _write_rotation(sample["goniometer"], "chi", n_frames, 0.0)
-    detector_goniometer = _group(instrument["detector"], "goniometer", "NXtransformations")
+    goniometer = _group(sample, "goniometer", "NXtransformations")
+    # omega scans. Its angles are float64 where the DCU writes float32: DIALS 3.12 (dxtbx
+    # 3.11) cannot make a scan of float32 angles (a boost argument error in dials.import).
+    omega = _write_rotation(goniometer, "omega", n_frames, 1.0, angles=np.float64)
+    _write_rotation(goniometer, "phi", n_frames, 0.0)
+    _write_rotation(goniometer, "chi", n_frames, 0.0)
+    _text(sample, "depends_on", omega.name)
+    detector_goniometer = _group(detector, "goniometer", "NXtransformations")
     _write_rotation(detector_goniometer, "two_theta", n_frames, 0.0)
 
 
@@ -200,6 +215,10 @@ def _write_detector(
     _number(detector, "x_pixel_size", geometry.pixel_size_m, np.float32, "m")
     _number(detector, "y_pixel_size", geometry.pixel_size_m, np.float32, "m")
     _number(detector, "saturation_value", saturation, np.int32)
+    # NXmx's lower bound of valid counts, which later dxtbx assumes for DECTRIS files without
+    # it. Without it DIALS 3.12 (dxtbx 3.11) trusts the negative numbers it makes of the two
+    # top 16-bit counts (a saturated 65534 becomes -2) and finds spots in them.
+    _number(detector, "underload_value", 0, np.int32)
     _number(detector, "threshold_energy", photon_energy_ev / 2, np.float32, "eV")
     for flag in (
         "pixel_mask_applied",
@@ -232,17 +251,90 @@ def _write_detector_specific(
     _number(specific, "auto_summation", 1, np.int32)
 
 
-def _write_rotation(group: h5py.Group, axis: str, n_frames: int, step_scale: float) -> None:
-    """Per-frame start and end angles (float32, as the DCU writes them) and their ranges."""
+def _write_detector_position(detector: h5py.Group, geometry: Geometry) -> None:
+    """The NXmx chain placing the pixels: pixel directions <- module offset <- translation.
+
+    The detector sits ``distance`` along the beam; the module's offset moves its first pixel's
+    corner so that the beam meets the panel at the beam centre (pixel units, from the corner
+    of the first pixel, as dxtbx counts). The numbers are the header's float32 ones, so DIALS's
+    beam centre, distance and pixel size are the header's to float32 precision.
+    """
+    transformations = _group(detector, "transformations", "NXtransformations")
+    translation_path = f"{transformations.name}/translation"
+    _axis(
+        transformations,
+        "translation",
+        geometry.distance_m,
+        vector=(0.0, 0.0, 1.0),
+        depends_on=".",
+    )
+    _text(detector, "depends_on", translation_path)
+    module = _group(detector, "module", "NXdetector_module")
+    shape = (geometry.height_px, geometry.width_px)  # slow, fast: as data_origin and the data
+    module.create_dataset("data_origin", data=np.zeros(2, dtype=np.uint32))
+    module.create_dataset("data_size", data=np.array(shape, dtype=np.uint32))
+    module.create_dataset("data_stride", data=np.ones(2, dtype=np.uint32))
+    _number(module, "module_index", 0, np.uint32)
+    pixel_m = float(np.float32(geometry.pixel_size_m))  # as stored in x/y_pixel_size
+    beam_x = float(np.float32(geometry.beam_x_px))
+    beam_y = float(np.float32(geometry.beam_y_px))
+    _axis(
+        module,
+        "module_offset",
+        0.0,
+        vector=(1.0, 0.0, 0.0),
+        depends_on=translation_path,
+        offset=(beam_x * pixel_m, beam_y * pixel_m, 0.0),
+    )
+    offset_path = f"{module.name}/module_offset"
+    pixel = geometry.pixel_size_m
+    _axis(module, "fast_pixel_direction", pixel, vector=(-1.0, 0.0, 0.0), depends_on=offset_path)
+    _axis(module, "slow_pixel_direction", pixel, vector=(0.0, -1.0, 0.0), depends_on=offset_path)
+
+
+def _axis(
+    group: h5py.Group,
+    name: str,
+    value_m: float,
+    *,
+    vector: tuple[float, float, float],
+    depends_on: str,
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> None:
+    """An NXtransformations translation of ``value_m`` metres along ``vector``."""
+    _number(group, name, value_m, np.float32, "m")
+    attrs = group[name].attrs
+    attrs["transformation_type"] = np.bytes_(b"translation")
+    attrs["vector"] = np.array(vector)
+    attrs["offset"] = np.array(offset)
+    attrs["offset_units"] = np.bytes_(b"m")
+    attrs["depends_on"] = np.bytes_(depends_on.encode("ascii"))
+
+
+def _write_rotation(
+    group: h5py.Group,
+    axis: str,
+    n_frames: int,
+    step_scale: float,
+    *,
+    angles: type[np.generic] = np.float32,
+) -> h5py.Dataset:
+    """Per-frame start and end angles (float32 as the DCU writes them, unless ``angles``),
+    the step and ranges; returns the start angles, a rotation about `ROTATION_AXIS`."""
     step_deg = OMEGA_STEP_DEG * step_scale
     start_deg = np.arange(n_frames, dtype=np.float64) * step_deg
     for name, values in ((axis, start_deg), (f"{axis}_end", start_deg + step_deg)):
-        dataset = group.create_dataset(name, data=values.astype(np.float32))
+        dataset = group.create_dataset(name, data=values.astype(angles))
         dataset.attrs["units"] = np.bytes_(b"degree")
-        dataset.attrs["transformation_type"] = np.bytes_(b"rotation")
-        dataset.attrs["vector"] = np.array([1.0, 0.0, 0.0])
+    start = group[axis]
+    start.attrs["transformation_type"] = np.bytes_(b"rotation")
+    start.attrs["vector"] = np.array(ROTATION_AXIS)
+    start.attrs["offset"] = np.zeros(3)
+    start.attrs["depends_on"] = np.bytes_(b".")
+    _number(group, f"{axis}_increment", step_deg, np.float32, "degree")
     _number(group, f"{axis}_range_average", step_deg, np.float32, "degree")
     _number(group, f"{axis}_range_total", step_deg * n_frames, np.float32, "degree")
+    return start
 
 
 def _size_name(geometry: Geometry) -> str:
