@@ -206,14 +206,25 @@ def test_job_records_follow_a_job_for_every_member_of_the_esaf(world: IndexWorld
     waiting, waiting_reply = send_later(world, type="index", fn1=str(world.frame), tag="next")
 
     def progressed() -> dict[str, Any] | None:
-        record = job_record(world, "watched")
-        return record if record["progress"] else None
+        reply = world.request(type="job", tag="watched")  # unknown until a worker takes it up
+        record = json.loads(reply.frames[2]) if reply.error is None else {}
+        return record if record.get("progress") else None
 
-    running = wait_for(progressed, timeout_s=20, what="the first progress line")
+    try:
+        running = wait_for(progressed, timeout_s=20, what="the first progress line")
+    except AssertionError:
+        world.request(type="cancel", tag="watched")  # free the node's one slot for others
+        raise
     assert running["state"] == "running"
     assert running["inputs"] == {"files": [str(world.slow_frame)]}
     assert "waiting for the beam" in running["progress"][-1]
-    queued = job_record(world, "next", world.colleague_token)  # max_jobs = 1: it waits
+
+    def waiting_in_line() -> dict[str, Any] | None:  # max_jobs = 1: "next" waits
+        job = {"type": "job", "pid": world.colleague_token, "esaf": world.esaf, "tag": "next"}
+        reply = world.chain.request(job)
+        return json.loads(reply.frames[2]) if reply.error is None else None
+
+    queued = wait_for(waiting_in_line, timeout_s=10, what="the queued job's answer")
     assert (queued["state"], queued["position"]) == ("queued", 1)
     seen_by_colleague = job_record(world, "watched", world.colleague_token)
     assert seen_by_colleague["state"] == "running"
