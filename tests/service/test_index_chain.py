@@ -203,21 +203,39 @@ def job_record(world: IndexWorld, tag: str, token: str | None = None) -> dict[st
 
 def test_job_records_follow_a_job_for_every_member_of_the_esaf(world: IndexWorld) -> None:
     slow, slow_reply = send_later(world, type="index", fn1=str(world.slow_frame), tag="watched")
-    waiting, waiting_reply = send_later(world, type="index", fn1=str(world.frame), tag="next")
+    try:
+        waiting, waiting_reply = check_records_while_running(world)
+    finally:
+        world.request(type="cancel", tag="watched")  # frees the node's one slot
+        slow.join(20)
+    waiting.join(20)
+    assert slow_reply and waiting_reply and waiting_reply[0].error is None
+
+    def ended(tag: str) -> dict[str, Any] | None:
+        record = job_record(world, tag, world.colleague_token)
+        return record if record["state"] not in ("queued", "running") else None
+
+    cancelled = wait_for(lambda: ended("watched"), timeout_s=10, what="the cancelled record")
+    assert cancelled["state"] == "cancelled" and cancelled["finished"] >= cancelled["started"]
+    done = wait_for(lambda: ended("next"), timeout_s=10, what="the finished record")
+    assert done["state"] == "done"
+    assert done["result"] == {"space_group": "P 21 21 21", "n_files": 1}
+    assert done["progress"] == ["finding spots", "indexing"]
+
+
+def check_records_while_running(world: IndexWorld) -> tuple[threading.Thread, list[Reply]]:
+    """With "watched" running: its record, a job queued behind it, who may read them."""
 
     def progressed() -> dict[str, Any] | None:
         reply = world.request(type="job", tag="watched")  # unknown until a worker takes it up
         record = json.loads(reply.frames[2]) if reply.error is None else {}
         return record if record.get("progress") else None
 
-    try:
-        running = wait_for(progressed, timeout_s=20, what="the first progress line")
-    except AssertionError:
-        world.request(type="cancel", tag="watched")  # free the node's one slot for others
-        raise
+    running = wait_for(progressed, timeout_s=20, what="the first progress line")
     assert running["state"] == "running"
     assert running["inputs"] == {"files": [str(world.slow_frame)]}
     assert "waiting for the beam" in running["progress"][-1]
+    waiting, waiting_reply = send_later(world, type="index", fn1=str(world.frame), tag="next")
 
     def waiting_in_line() -> dict[str, Any] | None:  # max_jobs = 1: "next" waits
         job = {"type": "job", "pid": world.colleague_token, "esaf": world.esaf, "tag": "next"}
@@ -237,21 +255,7 @@ def test_job_records_follow_a_job_for_every_member_of_the_esaf(world: IndexWorld
             {"type": "job", "pid": world.stranger_token, "esaf": OTHER_ESAF, "tag": "watched"}
         )
         assert own_esaf.error is not None and "no index job" in own_esaf.error
-    assert world.request(type="cancel", tag="watched").error is None
-    slow.join(20)
-    waiting.join(20)
-    assert slow_reply and waiting_reply and waiting_reply[0].error is None
-
-    def ended(tag: str) -> dict[str, Any] | None:
-        record = job_record(world, tag, world.colleague_token)
-        return record if record["state"] != "running" else None
-
-    cancelled = wait_for(lambda: ended("watched"), timeout_s=10, what="the cancelled record")
-    assert cancelled["state"] == "cancelled" and cancelled["finished"] >= cancelled["started"]
-    done = wait_for(lambda: ended("next"), timeout_s=10, what="the finished record")
-    assert done["state"] == "done"
-    assert done["result"] == {"space_group": "P 21 21 21", "n_files": 1}
-    assert done["progress"] == ["finding spots", "indexing"]
+    return waiting, waiting_reply
 
 
 def test_job_requests_need_a_tag_and_a_known_job(world: IndexWorld) -> None:
