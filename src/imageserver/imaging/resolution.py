@@ -101,8 +101,7 @@ class Geometry:
         y_mm = (np.asarray(y_px, dtype=np.float64) + 0.5) * (self.pixel_size_y_m * 1000)
         if self.sensor_thickness_mm > 0:
             x_mm, y_mm = self._parallax_corrected(x_mm, y_mm, origin, fast, slow)
-        lab = [origin[i] + x_mm * fast[i] + y_mm * slow[i] for i in range(3)]
-        length = np.sqrt(lab[0] * lab[0] + lab[1] * lab[1] + lab[2] * lab[2])
+        lab, length = _rays(x_mm, y_mm, origin, fast, slow)
         d_star_sq = sum((lab[i] / length - beam[i]) ** 2 for i in range(3)) / (
             self.wavelength_a * self.wavelength_a
         )
@@ -137,8 +136,7 @@ class Geometry:
         normal = np.cross(fast, slow)
         if float(np.dot(origin, normal)) < 0:
             normal = -normal
-        lab = [origin[i] + x_mm * fast[i] + y_mm * slow[i] for i in range(3)]
-        length = np.sqrt(lab[0] * lab[0] + lab[1] * lab[1] + lab[2] * lab[2])
+        lab, length = _rays(x_mm, y_mm, origin, fast, slow)
         unit = [component / length for component in lab]
         cos_t = sum(unit[i] * normal[i] for i in range(3))
         mu, t0 = self.sensor_mu_per_mm, self.sensor_thickness_mm
@@ -159,3 +157,11 @@ class Geometry:
         if two_theta >= math.pi / 2:
             return math.inf
         return (self.distance_m * math.tan(two_theta)) ** 2
+
+
+def _rays(
+    x_mm: FloatArray, y_mm: FloatArray, origin: FloatArray, fast: FloatArray, slow: FloatArray
+) -> tuple[list[FloatArray], FloatArray]:
+    """The laboratory components of the rays to panel positions (mm), and their lengths."""
+    lab = [origin[i] + x_mm * fast[i] + y_mm * slow[i] for i in range(3)]
+    return lab, np.sqrt(lab[0] * lab[0] + lab[1] * lab[1] + lab[2] * lab[2])

@@ -110,11 +110,12 @@ class IndexJobs:
         record = self.board.start(request.progress_tag, _record_inputs(request))
         try:
             result = self._run(request, deadline, record)
-        except ImageServerError as exc:
-            self.board.finish(record, "failed", error={"code": exc.code, "message": str(exc)})
-            raise
-        except BaseException:
-            failure = {"code": "internal", "message": "the index job failed; see the log"}
+        except BaseException as exc:
+            failure = (
+                {"code": exc.code, "message": str(exc)}
+                if isinstance(exc, ImageServerError)
+                else {"code": "internal", "message": "the index job failed; see the log"}
+            )
             self.board.finish(record, "failed", error=failure)
             raise
         cancelled = result.get("error", {}).get("code") == "cancelled"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -286,16 +287,16 @@ def _add_api(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get(f"{API}/jobs/{{job_id}}", summary="How an index job stands; its result at the end")
     async def index_job(request: Request, job_id: str) -> Any:
-        document = await gateway.jobs.status(gateway.token(request), job_id)
+        document = await gateway.jobs.status(functools.partial(gateway.ask, request), job_id)
         return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
     @app.post(f"{API}/jobs/{{job_id}}/cancel", summary="Stop an index job")
     async def cancel_index_job(request: Request, job_id: str) -> Any:
-        token = gateway.token(request)
-        document = await gateway.jobs.status(token, job_id)
+        ask = functools.partial(gateway.ask, request)
+        document = await gateway.jobs.status(ask, job_id)
         if document["state"] in ("queued", "starting", "running"):
-            await gateway.jobs.cancel(token, job_id)
-            document = await gateway.jobs.status(token, job_id)
+            await gateway.jobs.cancel(ask, job_id)
+            document = await gateway.jobs.status(ask, job_id)
         return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
     @app.get(

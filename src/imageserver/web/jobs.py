@@ -19,17 +19,16 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from imageserver.errors import BusyError, ChainError
-from imageserver.web.chain_client import ChainClient
+from imageserver.web.chain_client import ChainClient, ChainReply
 from imageserver.web.sessions import session_hash
 
 MAX_JOBS_PER_SESSION = 16
 FINISHED_KEEP_S = 3600.0
-STATUS_TIMEOUT_S = 30.0
 JOB_ID = re.compile(r"(?P<esaf>\d{1,10})-(?P<key>[0-9a-f]{16})")
 RECORD_FIELDS = (
     "state",
@@ -44,6 +43,8 @@ RECORD_FIELDS = (
     "error",
 )
 """What a job document takes from the worker's record (`service.job_board.JobRecord`)."""
+Ask = Callable[[dict[str, Any]], Awaitable[ChainReply]]
+"""One wire request with the caller's session (`app.Gateway.ask`)."""
 
 
 @dataclass
@@ -113,14 +114,14 @@ class JobTable:
         job.task = asyncio.get_running_loop().create_task(self._run(job, wire))
         return job
 
-    async def status(self, token: str, job_id: str) -> dict[str, Any]:
-        """The job's document, from its record; ChainError ``job_unknown`` when there is
-        none, or the session's refusal (a session not allowed the job's ESAF)."""
+    async def status(self, ask: Ask, job_id: str) -> dict[str, Any]:
+        """The job's document, from its record, asked with ``ask`` (the caller's session,
+        within its share of the chain); ChainError ``job_unknown`` when there is none, or
+        the session's refusal (a session not allowed the job's ESAF)."""
         esaf = job_esaf(job_id)
-        wire = {"type": "job", "pid": token, "esaf": esaf, "tag": wire_tag(job_id)}
         started = self._started.get(job_id)
         try:
-            reply = await self._client().request(wire, timeout_s=STATUS_TIMEOUT_S)
+            reply = await ask({"type": "job", "esaf": esaf, "tag": wire_tag(job_id)})
         except ChainError as exc:
             if exc.wire_code == "job_unknown" and started is not None:
                 return started.as_json()  # refused before any worker wrote its record
@@ -132,10 +133,8 @@ class JobTable:
             document.update(state="failed", error=started.error, finished=started.finished)
         return document
 
-    async def cancel(self, token: str, job_id: str) -> None:
-        esaf = job_esaf(job_id)
-        wire = {"type": "cancel", "pid": token, "esaf": esaf, "tag": wire_tag(job_id)}
-        await self._client().request(wire, timeout_s=STATUS_TIMEOUT_S)
+    async def cancel(self, ask: Ask, job_id: str) -> None:
+        await ask({"type": "cancel", "esaf": job_esaf(job_id), "tag": wire_tag(job_id)})
 
     async def close(self) -> None:
         for job in self._started.values():
