@@ -45,8 +45,8 @@ MAX_MEMORY_RECORDS = 256
 HEARTBEAT_S = 15.0
 STALE_S = 3 * HEARTBEAT_S
 WRITE_INTERVAL_S = 0.5
-"""Progress lines reach Redis at most this often, the latest at most this late; the final
-state at once."""
+"""Progress lines reach Redis at most this late (one write carries all that came since);
+a job's start and end at once."""
 
 
 @dataclass
@@ -81,26 +81,25 @@ class JobBoard:
         self._write_lock = threading.Lock()
         """Held from snapshot to SET, so an older snapshot never overwrites a newer one."""
         self._memory: OrderedDict[str, JobRecord] = OrderedDict()
-        self._last_write: dict[str, float] = {}
-        self._deferred: dict[str, threading.Timer] = {}
-        self._heartbeat: threading.Thread | None = None
+        self._unwritten: set[str] = set()
+        """Tags of records with progress lines not yet in Redis."""
+        self._writer: threading.Thread | None = None
 
     def start(self, tag: str, inputs: dict[str, Any]) -> JobRecord:
         record = JobRecord(tag=tag, login=_login(), inputs=inputs)
-        self._save(record, final=True)
+        self._save(record)
         with self._lock:
-            if self._heartbeat is None:
-                self._heartbeat = threading.Thread(
-                    target=self._beat, name="job-heartbeat", daemon=True
-                )
-                self._heartbeat.start()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._beat, name="job-board", daemon=True)
+                self._writer.start()
         return record
 
     def progress(self, record: JobRecord, line: str) -> None:
+        """Kept now; written by the board's thread within `WRITE_INTERVAL_S`."""
         with self._lock:
             record.progress.append(line[:MAX_LINE_CHARS])
             del record.progress[:-MAX_PROGRESS_LINES]
-        self._save(record, final=False)
+            self._unwritten.add(record.tag)
 
     def finish(
         self,
@@ -114,7 +113,7 @@ class JobBoard:
         with self._lock:
             record.state, record.result, record.error = state, result, error
             record.finished = time.time()
-        self._save(record, final=True)
+        self._save(record)
 
     def read(self, tag: str) -> dict[str, Any]:
         """The record of ``tag`` (any member's job), a running one whose worker stopped
@@ -153,54 +152,38 @@ class JobBoard:
             record = self._memory.get(tag)
             return None if record is None else record.to_json()
 
-    def _save(self, record: JobRecord, *, final: bool) -> None:
-        with self._write_lock:
-            self._save_locked(record, final=final)
-
-    def _save_locked(self, record: JobRecord, *, final: bool) -> None:
-        with self._lock:
-            record.updated = time.time()
-            self._memory[record.tag] = record
-            self._memory.move_to_end(record.tag)
-            while len(self._memory) > MAX_MEMORY_RECORDS:
-                self._memory.popitem(last=False)
-            if self._link is None:
-                return
-            now = time.monotonic()
-            wait_s = self._last_write.get(record.tag, -WRITE_INTERVAL_S) + WRITE_INTERVAL_S - now
-            if not final and wait_s > 0:
-                if record.tag not in self._deferred:  # one write later carries every line
-                    timer = threading.Timer(wait_s, self._write_deferred, (record,))
-                    timer.daemon = True
-                    self._deferred[record.tag] = timer
-                    timer.start()
-                return
-            pending = self._deferred.pop(record.tag, None)
-            if pending is not None:
-                pending.cancel()
-            self._last_write[record.tag] = now
-            if record.finished is not None:
-                self._last_write.pop(record.tag, None)
-            data = json.dumps(record.to_json(), allow_nan=False)
-        self._write(record.tag, data)
-
-    def _write_deferred(self, record: JobRecord) -> None:
+    def _save(self, record: JobRecord) -> None:
+        """Stamp, keep and write ``record`` now (the write lock held from snapshot to SET,
+        so an older snapshot never overwrites a newer one)."""
         with self._write_lock:
             with self._lock:
-                if self._deferred.pop(record.tag, None) is None:
-                    return  # a later write already carried these lines
-                self._last_write[record.tag] = time.monotonic()
+                record.updated = time.time()
+                self._memory[record.tag] = record
+                self._memory.move_to_end(record.tag)
+                while len(self._memory) > MAX_MEMORY_RECORDS:
+                    self._memory.popitem(last=False)
+                self._unwritten.discard(record.tag)
                 data = json.dumps(record.to_json(), allow_nan=False)
-            self._write(record.tag, data)
+            if self._link is not None:
+                self._write(record.tag, data)
 
     def _beat(self) -> None:
-        """Rewrite every running record each `HEARTBEAT_S`, for as long as the worker lives."""
+        """For as long as the worker lives: progress lines out every `WRITE_INTERVAL_S`,
+        every running record rewritten every `HEARTBEAT_S` (its ``updated`` time)."""
+        last_beat = time.monotonic()
         while True:
-            time.sleep(HEARTBEAT_S)
+            time.sleep(WRITE_INTERVAL_S)
+            beat = time.monotonic() - last_beat >= HEARTBEAT_S
             with self._lock:
-                running = [r for r in self._memory.values() if r.state == "running"]
-            for record in running:
-                self._save(record, final=True)
+                due = [
+                    record
+                    for record in self._memory.values()
+                    if record.tag in self._unwritten or (beat and record.state == "running")
+                ]
+            if beat:
+                last_beat = time.monotonic()
+            for record in due:
+                self._save(record)
 
     def _write(self, tag: str, data: str) -> None:
         assert self._link is not None
