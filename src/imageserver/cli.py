@@ -41,7 +41,7 @@ from imageserver.service.auth import (
 )
 from imageserver.service.server import serve
 from imageserver.thumbnails import make_thumbnails
-from imageserver.transports.proxy import run_proxy
+from imageserver.transports.broker import run_broker
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -136,10 +136,10 @@ def _add_service_commands(sub: Any) -> None:
     serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
     serve.set_defaults(command=run_serve)
 
-    proxy = sub.add_parser("proxy", help="run the front proxy (clients ROUTER, servers DEALER)")
+    proxy = sub.add_parser("proxy", help="run the broker (clients in front, serve nodes behind)")
     proxy.add_argument("--config", type=Path, default=None, help="TOML settings file")
     proxy.add_argument("--front", action="append", help="client endpoint (repeatable)")
-    proxy.add_argument("--back", action="append", help="server endpoint (repeatable)")
+    proxy.add_argument("--back", action="append", help="node endpoint (repeatable)")
     proxy.set_defaults(command=run_proxy_command)
 
     web = sub.add_parser("web", help="run the HTTP gateway and browser viewer (a proxy client)")
@@ -315,8 +315,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_proxy_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.logging.level)
-    run_proxy(
-        args.front or [settings.proxy.front_endpoint], args.back or [settings.proxy.back_endpoint]
+    run_broker(
+        args.front or [settings.proxy.front_endpoint],
+        args.back or [settings.proxy.back_endpoint],
+        settings.broker,
+        settings.metrics.broker,
     )
     return 0
 

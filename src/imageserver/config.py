@@ -56,11 +56,60 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class BrokerSettings:
+    """How the broker and the nodes keep each other alive and bound their queues.
+
+    Both sides heartbeat every ``heartbeat_s``; the broker declares a node lost after
+    ``node_timeout_s`` of silence and answers (or re-sends) its requests, so a client waits
+    at most about that long for a node that died. A node re-joins a broker it has not heard
+    from for ``2 × node_timeout_s``.
+    """
+
+    SECTION: ClassVar[str] = "broker"
+    heartbeat_s: float = 0.5
+    node_timeout_s: float = 1.5
+    queue_limit: int = 256
+    """Requests the broker holds while every node is full; beyond it the client gets busy."""
+    queue_wait_s: float = 2.0
+    """How long a request may wait at the broker for a node with room before busy."""
+    node_capacity: int = 32
+    """Requests a node accepts at once (it announces this; beyond it it answers busy)."""
+    node_slots: int = 0
+    """In-flight requests up to which a node keeps its (login, ESAF) affinity; 0: 2 per core."""
+    node_name: str = ""
+    """The name a node announces (logs, metrics); "": host name and process id."""
+
+    def __post_init__(self) -> None:
+        for key in ("heartbeat_s", "node_timeout_s", "queue_wait_s"):
+            _require(getattr(self, key) > 0, self.SECTION, key, "must be > 0")
+        _require(
+            self.node_timeout_s >= 2 * self.heartbeat_s,
+            self.SECTION,
+            "node_timeout_s",
+            "must be at least twice heartbeat_s (one lost heartbeat is not a lost node)",
+        )
+        _require(self.queue_limit >= 0, self.SECTION, "queue_limit", "must be ≥ 0")
+        _require(self.node_capacity >= 1, self.SECTION, "node_capacity", "must be ≥ 1")
+        _require(self.node_slots >= 0, self.SECTION, "node_slots", "must be ≥ 0")
+
+    @property
+    def slots(self) -> int:
+        return min(self.node_slots or 2 * _default_threads(), self.node_capacity)
+
+
+@dataclass(frozen=True)
 class SessionSettings:
     """The web tier's Redis holding signed sessions, and the key that checks their signature."""
 
     SECTION: ClassVar[str] = "session"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    sentinels: str = ""
+    """Sentinels naming the primary (``host:port,host:port``); "" uses ``redis_url``'s server.
+    With sentinels, ``redis_url`` gives only the database, user name and password."""
+    sentinel_service: str = "mymaster"
+    """The primary's name in the sentinels' configuration."""
+    sentinel_password: str = ""
+    """The sentinels' own password, if they have one."""
     redis_timeout_s: float = 2.0
     public_key_path: Path = Path("/etc/imageserver/session-pubkey.pem")
     verified_signatures: int = 4096
@@ -72,6 +121,7 @@ class SessionSettings:
             "redis_url",
             f"must start with one of {', '.join(_REDIS_SCHEMES)}, not {self.redis_url!r}",
         )
+        _check_sentinels(self)
         _require(self.redis_timeout_s > 0, self.SECTION, "redis_timeout_s", "must be > 0")
         _require(self.verified_signatures >= 0, self.SECTION, "verified_signatures", "must be ≥ 0")
 
@@ -146,6 +196,14 @@ class CacheSettings:
 
     SECTION: ClassVar[str] = "cache"
     redis_url: str = "redis://127.0.0.1:6379/1"
+    sentinels: str = ""
+    """Sentinels naming the primary (``host:port,host:port``); "" uses ``redis_url``'s server.
+    With sentinels, ``redis_url`` gives only the database, user name and password."""
+    sentinel_service: str = "mymaster"
+    """The primary's name in the sentinels' configuration."""
+    sentinel_password: str = ""
+    """The sentinels' own password, if they have one; workers are told it too (they ask the
+    sentinels where the primary is), so it must not be the data nodes' password."""
     memory_budget_bytes: int = -1
     max_entry_fraction: float = 0.25
     ttl_s: int = 300
@@ -162,6 +220,7 @@ class CacheSettings:
             "redis_url",
             f"must start with one of {', '.join(_REDIS_SCHEMES)}, not {self.redis_url!r}",
         )
+        _check_sentinels(self)
         _require(
             self.memory_budget_bytes >= -1,
             self.SECTION,
@@ -285,6 +344,38 @@ class IndexSettings:
         return False
 
 
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (``[v6 address]:port`` too) as pairs; ValueError naming the
+    first entry that is not one."""
+    addresses = []
+    for entry in (part.strip() for part in text.split(",") if part.strip()):
+        host, port = _host_and_port(entry)
+        if not host or port is None or not 0 < port < 65536:
+            raise ValueError(f"{entry!r} is not HOST:PORT")
+        addresses.append((host, port))
+    return tuple(addresses)
+
+
+def _check_sentinels(section: SessionSettings | CacheSettings) -> None:
+    """With sentinels, ``redis_url`` must be a TCP URL (its credentials and database hold on
+    every data node) and the service must be named."""
+    if not section.sentinels.strip():
+        return
+    try:
+        parse_sentinels(section.sentinels)
+    except ValueError as exc:
+        raise ConfigError(
+            f"[{section.SECTION}] sentinels must be HOST:PORT,HOST:PORT…: {exc}"
+        ) from None
+    _require(
+        section.redis_url.startswith(("redis://", "rediss://")),
+        section.SECTION,
+        "redis_url",
+        f"must be redis:// or rediss:// when sentinels are set, not {section.redis_url!r}",
+    )
+    _require(bool(section.sentinel_service), section.SECTION, "sentinel_service", "must be set")
+
+
 def _host_and_port(entry: str) -> tuple[str, int | None]:
     """``host:port``, ``[v6]:port``, ``[v6]``, a bare v6 address or a bare host."""
     if entry.startswith("["):
@@ -295,6 +386,55 @@ def _host_and_port(entry: str) -> tuple[str, int | None]:
     if colon and ":" not in host and port.isdigit():
         return host, int(port)
     return entry, None
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """Live data in each worker: directories users follow are watched (inotify), a frame the
+    detector writes there is reduced before anyone asks, and a viewed frame's neighbours are
+    prepared (`service/live.py`)."""
+
+    SECTION: ClassVar[str] = "live"
+    watch: bool = True
+    """Watch the directories a user's ``latest``, ``list`` or jpeg view names."""
+    reduce_new_frames: bool = True
+    """Reduce each new frame in a watched directory in the background (the newest first)."""
+    prefetch: bool = True
+    """After a view of frame N, prepare N+1 and N−1 with the same parameters."""
+    max_watched_dirs: int = 8
+    """Directories one worker watches at once; the least recently asked goes first."""
+    watch_idle_s: float = 300.0
+    """A watch no request named for this long is dropped."""
+    view_xsize_px: int = 1024
+    """The width a new frame is reduced to until a view in its directory asks another (the
+    viewer's first request)."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_watched_dirs >= 1, self.SECTION, "max_watched_dirs", "must be ≥ 1")
+        _require(self.watch_idle_s > 0, self.SECTION, "watch_idle_s", "must be > 0")
+        _require(self.view_xsize_px >= 8, self.SECTION, "view_xsize_px", "must be ≥ 8")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Where each role serves its Prometheus metrics (``/metrics``); "" serves none. Keep
+    these addresses off the public network: the gateway's are not on its HTTP port."""
+
+    SECTION: ClassVar[str] = "metrics"
+    broker: str = "127.0.0.1:9310"
+    manager: str = "127.0.0.1:9311"
+    web: str = "127.0.0.1:9312"
+
+    def __post_init__(self) -> None:
+        for key in ("broker", "manager", "web"):
+            value = getattr(self, key)
+            host, _, port = value.rpartition(":")
+            _require(
+                value == "" or (bool(host) and port.isdigit() and 0 < int(port) < 65536),
+                self.SECTION,
+                key,
+                f'must be HOST:PORT, or "" for none, not {value!r}',
+            )
 
 
 @dataclass(frozen=True)
@@ -317,6 +457,7 @@ class Settings:
     """The whole configuration; ``Settings()`` is the built-in defaults."""
 
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
@@ -325,6 +466,8 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     web: WebSettings = field(default_factory=WebSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    live: LiveSettings = field(default_factory=LiveSettings)
 
 
 def load_settings(path: Path | None = None) -> Settings:

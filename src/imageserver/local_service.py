@@ -129,14 +129,16 @@ class LocalService:
         self._launch("proxy", {})
 
     def restart(self, role: str) -> None:
-        """Stop one process and start it again; returns once it has said READY=1."""
-        process = self.processes[role]
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        """Stop one process (if running) and start it again; returns once it has said
+        READY=1."""
+        process = self.processes.get(role)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
         with _ReadinessSocket(self.directory / "notify.sock") as readiness:
             self._launch(role, {NOTIFY_ENV: str(readiness.path)})
             deadline = time.monotonic() + START_DEADLINE_S
@@ -145,10 +147,16 @@ class LocalService:
                 if time.monotonic() > deadline:
                     raise LocalServiceError(f"{role} not ready again:\n{self.logs()}")
 
+    def add_node(self, role: str) -> None:
+        """Start one more node (`imageserver serve`) under ``role``; returns once it is ready.
+        Every node dials the same broker, so it takes work as soon as it is there."""
+        self.restart(role)
+
     def _launch(self, role: str, env: dict[str, str]) -> None:
+        command = role.rstrip("0123456789")  # serve2 is one more `serve`
         with (self.directory / f"{role}.log").open("ab") as log:
             self.processes[role] = subprocess.Popen(
-                [sys.executable, "-m", "imageserver", role, "--config", str(self.config)],
+                [sys.executable, "-m", "imageserver", command, "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,

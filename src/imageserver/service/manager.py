@@ -1,7 +1,8 @@
 """The process manager: authenticates every request and routes it to its identity's worker.
 
 Runs as root in production and never opens an image file. One thread owns the sockets:
-the ROUTER that dials out to the proxy, the ROUTER that workers connect to, the zygote's
+a DEALER per broker it dials out to (`transports.node_link`: heartbeats, capacity, re-join),
+the ROUTER that workers connect to, the zygote's
 socketpair and a wake-up pipe for the session checks, which run in a small thread pool so
 a slow Redis never stalls other users. Every request ends in exactly one reply: the
 worker's, or an error when parsing, authentication, a worker's start, a crash or the
@@ -37,7 +38,9 @@ from typing import Any
 
 import zmq
 
-from imageserver.errors import CancelledError, DeadlineError, InternalError, WorkerError
+from imageserver import metrics
+from imageserver.config import BrokerSettings
+from imageserver.errors import BusyError, CancelledError, DeadlineError, InternalError, WorkerError
 from imageserver.service import link
 from imageserver.service.admission import Admission, RequestInfo
 from imageserver.service.identity import Identity
@@ -45,7 +48,10 @@ from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.requests import echo_job, parse_request
 from imageserver.service.systemd import notify
 from imageserver.service.zygote import ZygoteClient, ZygoteEvent
+from imageserver.stage_times import StageTimes
 from imageserver.transports.frames import reply_frames, split_request
+from imageserver.transports.node_link import BrokerLink
+from imageserver.transports.node_protocol import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ Grant = Callable[[Identity], dict[str, Any]]
 """The secrets one new worker may hold (its ESAF group's Redis user)."""
 
 WorkerKey = tuple[int, int, str]
+Origin = tuple[int, bytes]
+"""Where a reply goes: the index of the broker link and the broker's request id."""
 AUDITED_CODES = frozenset(
     {
         "access_denied",
@@ -106,7 +114,7 @@ class WorkerSlot:
 
 @dataclass
 class Pending:
-    envelope: tuple[bytes, ...]
+    origin: Origin
     payload: bytes
     received: float
     deadline: float
@@ -120,29 +128,34 @@ class Manager:
     def __init__(
         self,
         *,
-        proxy_endpoints: list[str],
+        broker_endpoints: list[str],
         admit: Admit,
         start_zygote: Callable[[], ZygoteClient],
         limits: ManagerLimits,
         context: zmq.Context | None = None,
         grant: Grant | None = None,
+        broker: BrokerSettings | None = None,
+        node_name: str = "",
     ) -> None:
         self._admit = admit
         self._grant = grant or (lambda _identity: {})
         self._start_zygote = start_zygote
         self._limits = limits
-        self._proxy_endpoints = proxy_endpoints
+        self._broker_endpoints = broker_endpoints
+        self._broker = broker or BrokerSettings()
+        default_name = f"{os.uname().nodename}-{os.getpid()}"
+        self._node_name = node_name or self._broker.node_name or default_name
         self._context = context or zmq.Context()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="imageserver-manager-"))
         os.chmod(self._runtime_dir, 0o700)
         self.worker_endpoint = f"ipc://{self._runtime_dir}/workers"
-        self._front = self._context.socket(zmq.ROUTER)
+        self._links = [
+            BrokerLink(self._context, endpoint, self._broker, self._announcement)
+            for endpoint in broker_endpoints
+        ]
         self._back = self._context.socket(zmq.ROUTER)
-        for sock in (self._front, self._back):
-            sock.setsockopt(zmq.LINGER, 0)
+        self._back.setsockopt(zmq.LINGER, 0)
         self._back.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        for endpoint in proxy_endpoints:
-            self._front.connect(endpoint)
         self._back.bind(self.worker_endpoint)
         self._pending: dict[bytes, Pending] = {}
         self._workers: dict[WorkerKey, WorkerSlot] = {}
@@ -168,7 +181,8 @@ class Manager:
         os.write(self._wake_write, b"s")
 
     def run(self) -> None:
-        self._poller.register(self._front, zmq.POLLIN)
+        for broker_link in self._links:
+            self._poller.register(broker_link.socket, zmq.POLLIN)
         self._poller.register(self._back, zmq.POLLIN)
         self._poller.register(self._zygote.fileno(), zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
@@ -176,8 +190,10 @@ class Manager:
         try:
             while not self._stop.is_set():
                 events = dict(self._poller.poll(100))
-                if self._front in events:
-                    self._on_front()
+                for index, broker_link in enumerate(self._links):
+                    if broker_link.socket in events:
+                        for request_id, body in broker_link.receive():
+                            self._on_request((index, request_id), body)
                 if self._back in events:
                     self._on_worker()
                 if self._zygote.fileno() in events:
@@ -186,17 +202,19 @@ class Manager:
                     _drain(self._wake_read)
                 self._on_admitted()
                 self._housekeeping()
+                self._tick_links()
         finally:
             self.close()
 
     def close(self) -> None:
+        for broker_link in self._links:
+            broker_link.close()  # first: the brokers re-send or answer what is still here
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
         for slot in list(self._by_socket.values()):
             self._signal(slot, signal.SIGTERM)
         self._index_waiting.clear()  # answered below: none may start a worker on the way out
         for request_id in list(self._pending):
             self._finish(request_id, Failure.of(WorkerError("the server is shutting down")))
-        self._front.close(0)
         self._back.close(0)
         self._zygote.close()
         with contextlib.suppress(OSError):
@@ -205,26 +223,42 @@ class Manager:
 
     # -- requests from clients -------------------------------------------------------------
 
-    def _on_front(self) -> None:
-        while True:
-            try:
-                frames = self._front.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            incoming = split_request(frames)
-            if incoming.problem is not None:
-                self._front_send(incoming.envelope, [incoming.problem.encode()])
-                continue
-            request_id = next(self._ids).to_bytes(8, "big")
-            now = time.monotonic()
-            self._pending[request_id] = Pending(
-                incoming.envelope,
-                incoming.payload,
-                now,
-                now + self._limits.deadline_s,
-                typed=incoming.typed,
-            )
-            self._auth_pool.submit(self._check, request_id, incoming.payload)
+    def _tick_links(self) -> None:
+        now = time.monotonic()
+        for broker_link in self._links:
+            replaced = broker_link.tick(now)
+            if replaced is not None:
+                self._poller.unregister(replaced)
+                self._poller.register(broker_link.socket, zmq.POLLIN)
+
+    def _announcement(self) -> Announcement:
+        return Announcement(
+            self._node_name,
+            self._broker.node_capacity,
+            self._broker.slots,
+            len(self._pending),
+        )
+
+    def _on_request(self, origin: Origin, body: list[bytes]) -> None:
+        """A request from a broker: the client's frames after its delimiter."""
+        incoming = split_request([b"", *body])
+        if incoming.problem is not None:
+            self._front_send(origin, [incoming.problem.encode()])
+            return
+        if len(self._pending) >= self._broker.node_capacity:
+            busy = Failure.of(BusyError("this image server node is busy; please retry"))
+            self._front_send(origin, reply_frames(busy, typed=incoming.typed))
+            return
+        request_id = next(self._ids).to_bytes(8, "big")
+        now = time.monotonic()
+        self._pending[request_id] = Pending(
+            origin,
+            incoming.payload,
+            now,
+            now + self._limits.deadline_s,
+            typed=incoming.typed,
+        )
+        self._auth_pool.submit(self._check, request_id, incoming.payload)
 
     def _check(self, request_id: bytes, payload: bytes) -> None:
         """Runs in the auth pool: parse, authenticate, resolve the Unix identity."""
@@ -359,6 +393,7 @@ class Manager:
             },
         )
         log.info("manager: starting a worker for uid %d gid %d", identity.uid, identity.gid)
+        metrics.worker_started()
         return slot
 
     def _on_worker(self) -> None:
@@ -389,12 +424,20 @@ class Manager:
             if request_id in self._pending:
                 self._dispatch(slot, request_id)
 
-    def _on_reply(self, slot: WorkerSlot, request_id: bytes, reply: Reply) -> None:
+    def _on_reply(
+        self,
+        slot: WorkerSlot,
+        request_id: bytes,
+        reply: Reply,
+        times: StageTimes | None = None,
+    ) -> None:
         if request_id not in slot.in_flight:
             log.warning(
                 "manager: worker %s answered a request it was never sent; ignored", slot.pid
             )
             return
+        if times is not None:
+            metrics.observe_stage_times(times)
         slot.in_flight.discard(request_id)
         slot.last_used = time.monotonic()
         if request_id in slot.abandoned:
@@ -433,7 +476,7 @@ class Manager:
                 self._is_ready = True
                 log.info(
                     "imageserver serve ready: requests from %s; workers forked by zygote %d",
-                    ", ".join(self._proxy_endpoints),
+                    ", ".join(self._broker_endpoints),
                     self._zygote.pid,
                 )
                 notify("READY=1\nSTATUS=serving")
@@ -473,7 +516,8 @@ class Manager:
         """Forget a worker and answer everything it still owed."""
         if self._workers.get(worker_key(slot.identity)) is slot:
             del self._workers[worker_key(slot.identity)]
-        self._by_socket.pop(slot.socket_id, None)
+        if self._by_socket.pop(slot.socket_id, None) is not None:
+            metrics.worker_retired()
         slot.is_gone = True
         owed = [*slot.owes, *slot.waiting]
         slot.in_flight.clear()
@@ -541,11 +585,22 @@ class Manager:
         for key, (_, retry_at) in list(self._failed.items()):
             if retry_at <= now:
                 del self._failed[key]
+        metrics.manager_state(
+            workers=len(self._by_socket),
+            pending=len(self._pending),
+            index_waiting=len(self._index_waiting),
+        )
 
     # -- replies ---------------------------------------------------------------------------
 
     def _finish(self, request_id: bytes, reply: Reply) -> None:
         """The one way a reply leaves: only for a pending request, so never twice."""
+        if (finished := self._pending.get(request_id)) is not None:
+            metrics.manager_request(
+                finished.info.type if finished.info is not None else None,
+                reply.code if isinstance(reply, Failure) else None,
+                time.monotonic() - finished.received,
+            )
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return
@@ -554,13 +609,11 @@ class Manager:
             self._start_waiting_index_jobs()
         if isinstance(reply, Failure) and reply.code in AUDITED_CODES:
             _audit(reply, pending.info)
-        self._front_send(pending.envelope, reply_frames(reply, typed=pending.typed))
+        self._front_send(pending.origin, reply_frames(reply, typed=pending.typed))
 
-    def _front_send(self, envelope: tuple[bytes, ...], frames: list[bytes]) -> None:
-        try:
-            self._front.send_multipart([*envelope, *frames])
-        except zmq.ZMQError as exc:
-            log.warning("manager: could not send a reply: %s", exc)
+    def _front_send(self, origin: Origin, frames: list[bytes]) -> None:
+        index, broker_request_id = origin
+        self._links[index].send_reply(broker_request_id, frames)
 
 
 def _audit(failure: Failure, info: RequestInfo | None) -> None:

@@ -17,6 +17,7 @@ import threading
 
 from imageserver.cache.acl import CacheAccess
 from imageserver.config import Settings
+from imageserver.metrics import start_metrics_server
 from imageserver.service.admission import make_admit
 from imageserver.service.auth import (
     PublicKey,
@@ -42,6 +43,7 @@ def serve(settings: Settings) -> None:
     cache_access = CacheAccess(settings.cache)
     manager = build_manager(settings, public_key=public_key, cache_access=cache_access)
     _stop_on_signals(manager)
+    start_metrics_server(settings.metrics.manager, "manager")
     cache_access.start()
     try:
         manager.run()
@@ -66,7 +68,8 @@ def build_manager(
         max_index_jobs=settings.index.max_jobs,
     )
     return Manager(
-        proxy_endpoints=[settings.proxy.back_endpoint],
+        broker_endpoints=[settings.proxy.back_endpoint],
+        broker=settings.broker,
         admit=make_admit(settings, verifier),
         start_zygote=functools.partial(start_zygote, WorkerConfig.from_settings(settings)),
         limits=limits,
