@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import redis
 
+from imageserver import metrics
 from imageserver.cache.shared import NO_CLIENT_SETINFO, RedisLink, public_url
 from imageserver.config import CacheSettings
 from imageserver.errors import CacheUnavailableError
@@ -117,6 +118,7 @@ class CacheAccess:
                 lambda r: r.execute_command("ACL", "SETUSER", user_name(prefix, gid), *rules)
             )
         except CacheUnavailableError:
+            metrics.redis_error("cache")
             return False
         with self._lock:
             self._provisioned.add(gid)

@@ -11,7 +11,8 @@ What is kept, and where:
   colour map costs only the 8-bit mapping and the encode, in any worker of the ESAF;
 - the encoded image with its meta (memory only): an exact repeat costs a lookup.
 
-Every answer says where it came from (`Served.source`); the worker logs it at DEBUG level.
+Every answer says where it came from (`Served.source`); the worker logs it at DEBUG level
+and reports it, with each decode's time, to the manager's metrics (`stage_times`).
 
 Entries are charged what they keep alive (`entry_nbytes`), so the budget bounds the cache's
 share of the worker's memory. A busy worker's resident size is then its fixed part, the
@@ -35,7 +36,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
-from imageserver import formats
+from imageserver import formats, stage_times
 from imageserver.allocator import release_free_memory, resident_bytes
 from imageserver.analysis import AnalysisParams, analyse
 from imageserver.cache.codec import DimsCodec, JsonCodec, ViewCodec
@@ -171,7 +172,9 @@ class CachedRenderer:
         self.dims: TieredCache[tuple[int, int]] = TieredCache(memory, shared_dims)
         self.analyses: TieredCache[bytes] = TieredCache(memory, shared_analyses)
         self.limits = limits
-        self.decode: Decode = decode or functools.partial(open_source, limits=limits)
+        self.decode: Decode = stage_times.timed(
+            "decode", decode or functools.partial(open_source, limits=limits)
+        )
         self.frame_files: FrameFiles = frame_files or functools.partial(
             formats.frame_files, limits=limits
         )
@@ -396,6 +399,7 @@ class CachedRenderer:
         return rows
 
     def _served(self, served: Served[V]) -> Served[V]:
+        stage_times.note_source(served.source)
         with self._counts_lock:
             self.counts.by_source[served.source] += 1
         return served
