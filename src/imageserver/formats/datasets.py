@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,8 @@ class Listing:
 def list_datasets(directory: str | Path, *, limits: LimitSettings = DEFAULT_LIMITS) -> Listing:
     """The listing of ``directory``; FileMissingError / FileAccessError as for a file."""
     absolute = os.path.abspath(directory)
-    files, dirs, truncated = _read_entries(absolute, limits.max_list_entries)
-    datasets = [*_eiger_series(absolute, files, limits), *_frame_files(absolute, files)]
+    files, dirs, truncated = read_entries(absolute, limits.max_list_entries)
+    datasets = group_datasets(absolute, files, limits)
     datasets.sort(key=lambda dataset: dataset.name)
     return Listing(absolute, tuple(sorted(dirs)), tuple(datasets), truncated)
 
@@ -115,17 +116,45 @@ def latest_dataset(
     directory: str | Path, *, limits: LimitSettings = DEFAULT_LIMITS
 ) -> tuple[Dataset | None, int | None]:
     """The dataset written last in ``directory`` and its newest frame (None, None if none)."""
-    datasets = list_datasets(directory, limits=limits).datasets
-    if not datasets:
-        return None, None
-    newest = max(datasets, key=lambda dataset: (dataset.mtime, dataset.name))
-    return newest, newest.newest_frame
+    return newest_dataset(list_datasets(directory, limits=limits).datasets)
+
+
+def newest_dataset(datasets: Iterable[Dataset]) -> tuple[Dataset | None, int | None]:
+    """The dataset written last (newest mtime, then name) and its newest frame."""
+    newest = max(datasets, key=lambda dataset: (dataset.mtime, dataset.name), default=None)
+    return newest, None if newest is None else newest.newest_frame
+
+
+def group_datasets(
+    directory: str, files: dict[str, os.stat_result], limits: LimitSettings = DEFAULT_LIMITS
+) -> list[Dataset]:
+    """The datasets these regular files of ``directory`` (name → stat) make, unsorted."""
+    return [*_eiger_series(directory, files, limits), *_frame_files(directory, files)]
+
+
+def dataset_group(name: str) -> tuple[str, ...] | None:
+    """Which dataset a file name belongs to, as a key shared by all its files: an Eiger
+    series' master and data files, a run's numbered files, a single frame file; None for a
+    name no listing shows (hidden, not a frame file)."""
+    if name.startswith(".") or not _is_utf8(name):
+        return None
+    if name.endswith(MASTER_SUFFIX):
+        return ("eiger", name[: -len(MASTER_SUFFIX)])
+    data = _DATA_FILE.match(name)
+    if data:
+        return ("eiger", data["stem"])
+    if not _FRAME_FILE.search(name):
+        return None
+    numbered = _NUMBERED.match(name)
+    if numbered is None:
+        return ("file", name)
+    return ("run", numbered["prefix"], str(len(numbered["digits"])), numbered["suffix"])
 
 
 # -- reading the directory ---------------------------------------------------------------------
 
 
-def _read_entries(
+def read_entries(
     directory: str, max_entries: int
 ) -> tuple[dict[str, os.stat_result], list[str], bool]:
     """Regular files (with their stat) and subdirectories, symbolic links followed; hidden

@@ -185,6 +185,8 @@ class EigerReader:
         layout = self._layouts.get_or_build(
             key, lambda: self._build_layout(path, key, limits, stale)
         )
+        if stale is None and _is_growing(layout):
+            return self._layout(path, limits, stale=layout)
         # Built under these limits or others: a cached layout is held to the caller's.
         check_frame_size(path, layout.meta.width_px, layout.meta.height_px, limits)
         return layout
@@ -370,6 +372,15 @@ def _find_entry(layout: _Layout, number: int, path: Path) -> _Segment | _Unavail
         raise frame_range_error(path, number, meta.first_frame, meta.last_frame)
     ranges = ", ".join(f"{s.first}–{s.last}" for s in layout.segments)
     raise FrameRangeError(f"{path}: frame {number} is not stored in the file (stored: {ranges})")
+
+
+def _is_growing(layout: _Layout) -> bool:
+    """Whether the series' last linked data file changed since the layout was walked: a
+    detector appending frames to it (the master stays as it was), or rewriting it."""
+    last = layout.entries[-1] if layout.entries else None
+    return (
+        isinstance(last, _Segment) and last.path != layout.key.path and _unchanged_key(last) is None
+    )
 
 
 def _unchanged_key(found: _Segment | _Unavailable) -> FileKey | None:

@@ -50,8 +50,21 @@ def open_h5_readonly(path: str) -> h5py.File:
 
     Not ``locking=False``: HDF5 refuses a second open of the same file in the process with
     different locking flags, so any other h5py user here would fail on a cached file.
+
+    A file a detector is still writing in SWMR mode refuses a plain open ("already open for
+    write"): it is opened as an SWMR reader, which sees every frame the writer flushed. Its
+    size and mtime change with each flush, so the next request opens it afresh.
     """
-    return h5py.File(path, "r")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if SWMR_WRITING not in str(exc):
+            raise
+    return h5py.File(path, "r", swmr=True)
+
+
+SWMR_WRITING = "already open for write"
+"""HDF5's complaint about a file whose superblock says a writer has it open (SWMR)."""
 
 
 @dataclass(eq=False)

@@ -366,3 +366,102 @@ def _number(
     dataset = group.create_dataset(name, data=np.array(value, dtype=dtype))
     if units is not None:
         dataset.attrs["units"] = np.bytes_(units.encode("ascii"))
+
+
+class LiveEigerWriter:
+    """A detector writing a series as it goes: the master first, linking one data file, then
+    each frame appended to that file in HDF5's SWMR mode (resize, write, flush), so readers
+    see every flushed frame while the file stays open for writing.
+
+    Frames are compressed once (``distinct_frames`` of them) and written as raw chunks, as
+    the detector hands the writer its compressed images: writing keeps up with 10 Hz.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        stem: str,
+        *,
+        geometry: Geometry,
+        planned_frames: int,
+        bit_depth: int = 32,
+        distinct_frames: int = 2,
+        seed: int = 2026,
+    ) -> None:
+        if bit_depth not in (16, 32):
+            raise ValueError(f"an Eiger writes 16- or 32-bit images, not {bit_depth}-bit")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.shape = (geometry.height_px, geometry.width_px)
+        self.dtype = np.dtype(np.uint32 if bit_depth == 32 else np.uint16)
+        mask = eiger_pixel_mask(geometry.width_px, geometry.height_px, seed)
+        saturation = SATURATION_32BIT if bit_depth == 32 else SATURATION_16BIT
+        flat_mask = mask.reshape(-1)
+        markers = _Markers(
+            marked=np.flatnonzero((flat_mask == MASK_GAP) | (flat_mask == MASK_DEAD)),
+            hot=np.flatnonzero(flat_mask == MASK_HOT),
+            marker_value=(1 << bit_depth) - 1,
+            saturation=saturation,
+        )
+        self._chunks = [
+            _compressed_chunk(
+                _marked_frame(geometry, markers, number, self.dtype, seed), self.dtype
+            )
+            for number in range(1, distinct_frames + 1)
+        ]
+        self.data_path = directory / f"{stem}_data_000001.h5"
+        self._file = h5py.File(self.data_path, "w", libver="latest")
+        data = _group(_group(self._file, "entry", "NXentry"), "data", "NXdata")
+        self._dataset = data.create_dataset(
+            "data",
+            shape=(0, *self.shape),
+            maxshape=(None, *self.shape),
+            dtype=self.dtype,
+            chunks=(1, *self.shape),
+            **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"),
+        )
+        # No image_nr_high: attributes cannot change in SWMR mode; readers count the frames.
+        self._dataset.attrs["image_nr_low"] = np.int32(1)
+        self._file.swmr_mode = True
+        self.master = directory / f"{stem}_master.h5"
+        with h5py.File(self.master, "w") as f:
+            _write_master(
+                f, geometry, mask, [self.data_path.name], planned_frames, bit_depth, saturation
+            )
+        self.frames_written = 0
+
+    def write_frame(self) -> int:
+        """Append the next frame and flush it; its number (from 1)."""
+        slot = self.frames_written
+        self._dataset.resize(slot + 1, axis=0)
+        chunk = self._chunks[slot % len(self._chunks)]
+        self._dataset.id.write_direct_chunk((slot, 0, 0), chunk)
+        self._dataset.flush()
+        self.frames_written = slot + 1
+        return self.frames_written
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _marked_frame(
+    geometry: Geometry, markers: _Markers, number: int, dtype: np.dtype, seed: int
+) -> npt.NDArray[np.generic]:
+    frame = synth_frame(geometry, number - 1, markers.saturation, seed).astype(dtype)
+    pixels = frame.reshape(-1)
+    pixels[markers.marked] = markers.marker_value
+    pixels[markers.hot] = markers.saturation
+    return frame
+
+
+def _compressed_chunk(frame: npt.NDArray[np.generic], dtype: np.dtype) -> bytes:
+    """The bitshuffle-LZ4 chunk HDF5 would store for ``frame`` (made in memory)."""
+    with h5py.File("chunk", "w", driver="core", backing_store=False) as scratch:
+        dataset = scratch.create_dataset(
+            "data",
+            data=frame[np.newaxis],
+            chunks=(1, *frame.shape),
+            dtype=dtype,
+            **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"),
+        )
+        _, chunk = dataset.id.read_direct_chunk((0, 0, 0))
+    return bytes(chunk)

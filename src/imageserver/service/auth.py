@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from imageserver import metrics
 from imageserver.config import Settings
 from imageserver.errors import (
     ConfigError,
@@ -313,7 +312,6 @@ class StoreHealth:
         self.refused_while_down = 0
 
     def down(self, why: str) -> None:
-        metrics.redis_error("session")
         with self._lock:
             was_down, self._is_down = self._is_down, True
             self.refused_while_down += 1

@@ -44,6 +44,7 @@ from imageserver.imaging.label import add_label
 from imageserver.imaging.reduce import Flags, Reduced
 from imageserver.render import Look, ReducedView, ViewSpec, series_meta, source_window, view_levels
 from imageserver.service.index_jobs import IndexJobs, monotonic_deadline
+from imageserver.service.live import LiveData
 from imageserver.service.meta_json import MetaJsonCache
 from imageserver.service.reply import Failure, Reply, Success
 from imageserver.service.requests import (
@@ -88,14 +89,17 @@ class Jobs:
         renderer: CachedRenderer,
         limits: LimitSettings | None = None,
         index: IndexJobs | None = None,
+        live: LiveData | None = None,
     ) -> None:
-        """``limits`` default to the renderer's, so parsing and rendering cannot disagree."""
+        """``limits`` default to the renderer's, so parsing and rendering cannot disagree.
+        ``live`` watches what short jobs name and prepares frames (`service.live`)."""
         self.renderer = renderer
         self.limits = limits or renderer.limits
         self.index = index or IndexJobs(IndexSettings())
+        self.live = live
 
     def __call__(self, payload: bytes) -> Reply:
-        return handle(payload, self.limits, self.renderer, index=self.index)
+        return handle(payload, self.limits, self.renderer, index=self.index, live=self.live)
 
     def is_long(self, payload: bytes) -> bool:
         """An index job: it gets a thread of its own, never a view job's."""
@@ -119,6 +123,7 @@ def handle(
     *,
     index: IndexJobs | None = None,
     deadline_ns: int = 0,
+    live: LiveData | None = None,
 ) -> Reply:
     """One payload in, one typed reply out; never raises for bad input or a bad file.
 
@@ -133,7 +138,10 @@ def handle(
         if isinstance(request, IndexRequest | CancelRequest | JobRequest):
             jobs = index or IndexJobs(IndexSettings())
             return run_index(request, jobs, monotonic_deadline(deadline_ns))
-        return JOBS[type(request)](request, renderer or _uncached(limits), limits)
+        job = JOBS[type(request)]
+        if live is not None:
+            return live.run(request, job, renderer or _uncached(limits), limits)
+        return job(request, renderer or _uncached(limits), limits)
     except ImageServerError as exc:
         if isinstance(request, JpegRequest) and request.image_format == "jpeg":
             return Failure.of(exc, fallback=_blank(request, str(exc), limits))

@@ -32,7 +32,6 @@ from typing import Any, Protocol, TypeGuard
 
 import zmq
 
-from imageserver import stage_times
 from imageserver.errors import (
     DeadlineError,
     ImageServerError,
@@ -134,13 +133,20 @@ def _default_handler(identity: Identity, config: WorkerConfig, grant: dict[str, 
     from imageserver.service.index_jobs import IndexJobs
     from imageserver.service.job_board import JobBoard
     from imageserver.service.jobs import Jobs
+    from imageserver.service.live import LiveData
 
     link = worker_link(grant.get("cache"), config.cache)
     renderer = renderer_for_worker(
         {"gid": identity.gid, "home": identity.home}, config.cache, config.limits, link=link
     )
     board = JobBoard(link, identity.gid, config.index.record_ttl_s)
-    return Jobs(renderer=renderer, index=IndexJobs(config.index, board))
+    live = LiveData(config.live, renderer) if _is_live(config) else None
+    return Jobs(renderer=renderer, index=IndexJobs(config.index, board), live=live)
+
+
+def _is_live(config: WorkerConfig) -> bool:
+    live = config.live
+    return live.watch or live.reduce_new_frames or live.prefetch
 
 
 def run_job(handler: Callable[[bytes], Reply], job: link.Job, memory_limit_bytes: int) -> Reply:
@@ -186,9 +192,8 @@ def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_p
     is_released = True
 
     def work(job: link.Job) -> None:
-        stage_times.begin()
         answer = run_job(handler, job, config.memory_limit_bytes)
-        replies.put(link.reply(job.request_id, answer, stage_times.finish()))
+        replies.put(link.reply(job.request_id, answer))
         os.write(wake_write, b"x")
 
     long_jobs = handler if _runs_long_jobs(handler) else None

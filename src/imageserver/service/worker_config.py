@@ -19,6 +19,7 @@ from imageserver.config import (
     CacheSettings,
     IndexSettings,
     LimitSettings,
+    LiveSettings,
     Settings,
     section_from_table,
 )
@@ -31,17 +32,20 @@ HEAP_HEADROOM_BYTES = 2 << 30
 class WorkerConfig:
     limits: LimitSettings
     cache: CacheSettings
-    """``redis_url`` is always empty here."""
+    """``redis_url``, ``sentinels`` and ``sentinel_password`` are always empty here."""
     threads: int
     memory_limit_bytes: int
     """The heap ceiling (RLIMIT_DATA) in bytes; 0 for none."""
     idle_release_s: float
     log_level: str
     index: IndexSettings = dataclasses.field(default_factory=IndexSettings)
+    live: LiveSettings = dataclasses.field(default_factory=LiveSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
-        cache = dataclasses.replace(settings.cache, redis_url="")
+        cache = dataclasses.replace(
+            settings.cache, redis_url="", sentinels="", sentinel_password=""
+        )
         return cls(
             limits=settings.limits,
             cache=cache,
@@ -50,6 +54,7 @@ class WorkerConfig:
             idle_release_s=min(60.0, settings.workers.idle_timeout_s / 2),
             log_level=settings.logging.level,
             index=settings.index,
+            live=settings.live,
         )
 
     def to_json(self) -> bytes:
@@ -66,6 +71,7 @@ class WorkerConfig:
             idle_release_s=float(table["idle_release_s"]),
             log_level=str(table["log_level"]),
             index=section_from_table(IndexSettings, table.get("index", {})),
+            live=section_from_table(LiveSettings, table.get("live", {})),
         )
 
 

@@ -1,0 +1,136 @@
+"""BackgroundQueue: a worker's low-priority thread for work nobody waits for yet.
+
+Live frames and prefetched neighbours are prepared here, never on a job thread. The thread
+is reniced (``nice_increment`` above the worker, on its own native thread id) and yields to
+requests: it starts a task only when no request is running (`user_request` counts them).
+Each task sits in a slot with a key, and a new task for a key replaces the old one: only the
+newest frame of a directory matters when frames come faster than they can be reduced, and
+the neighbours of the place a user left are dropped when the user moves on. Live slots go
+before prefetch slots, oldest slot first.
+
+A task that raises is logged at DEBUG and forgotten: a half-written or corrupt frame fails
+this task alone, and the user's own request meets (and reports) the same error if it asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[], None]
+LIVE = "live"
+PREFETCH = "prefetch"
+KINDS = (LIVE, PREFETCH)
+NICE_INCREMENT = 10
+
+
+class BackgroundQueue:
+    """Keyed, replaceable slots of tasks run one at a time by one low-priority thread."""
+
+    def __init__(self, *, nice_increment: int = NICE_INCREMENT, name: str = "live-work") -> None:
+        self.nice_increment = nice_increment
+        self._cond = threading.Condition()
+        self._slots: dict[str, OrderedDict[Hashable, list[Task]]] = {
+            kind: OrderedDict() for kind in KINDS
+        }
+        self._busy = 0
+        self._is_running_task = False
+        self._is_closed = False
+        self.done = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, kind: str, key: Hashable, tasks: list[Task]) -> None:
+        """Replace slot ``key``'s pending tasks with ``tasks`` (run in order)."""
+        with self._cond:
+            slots = self._slots[kind]
+            slots.pop(key, None)
+            if tasks:
+                slots[key] = list(tasks)
+            self._cond.notify_all()
+
+    def drop(self, kind: str, key: Hashable) -> None:
+        self.put(kind, key, [])
+
+    def pending(self, kind: str) -> dict[Hashable, int]:
+        """How many tasks wait in each slot of ``kind``."""
+        with self._cond:
+            return {key: len(tasks) for key, tasks in self._slots[kind].items()}
+
+    @contextlib.contextmanager
+    def user_request(self) -> Iterator[None]:
+        """Around a user's request: no background task starts while one runs."""
+        with self._cond:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no task is pending or running (tests, benchmarks); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._is_running_task and not any(self._slots.values()), timeout_s
+            )
+
+    def close(self) -> None:
+        with self._cond:
+            self._is_closed = True
+            self._cond.notify_all()
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._lower_priority()
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._can_start)
+                if self._is_closed:
+                    return
+                task = self._next_task()
+                self._is_running_task = True
+            try:
+                task()
+                self.done += 1
+            except Exception as exc:  # this frame alone; the user's request reports its error
+                self.failed += 1
+                log.debug("live: background task failed: %s", exc, exc_info=True)
+            finally:
+                with self._cond:
+                    self._is_running_task = False
+                    self._cond.notify_all()
+
+    def _can_start(self) -> bool:
+        return self._is_closed or (self._busy == 0 and any(self._slots.values()))
+
+    def _next_task(self) -> Task:
+        """The first task of the oldest slot, live before prefetch (caller holds the lock)."""
+        for kind in KINDS:
+            slots = self._slots[kind]
+            if slots:
+                key, tasks = next(iter(slots.items()))
+                task = tasks.pop(0)
+                if not tasks:
+                    del slots[key]
+                return task
+        raise AssertionError("no task to run")
+
+    def _lower_priority(self) -> None:
+        """Renice this thread alone: on Linux a thread's native id is a process id to
+        setpriority. Raising one's own nice value needs no privilege."""
+        try:
+            tid = threading.get_native_id()
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, current + self.nice_increment))
+        except OSError as exc:
+            log.warning("live: cannot lower the background thread's priority: %s", exc)
