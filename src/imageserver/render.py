@@ -8,12 +8,14 @@ costs only the second step.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imageserver import stage_times
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
 from imageserver.formats import open_source
@@ -133,7 +135,8 @@ def reduce_view(
     strip_elements: int = STRIP_ELEMENTS,
 ) -> ReducedView:
     """Reduce one frame to the requested view at full bit depth and describe it (``rows``
-    and ``strip_elements``: see `reduce_frame`)."""
+    and ``strip_elements``: see `reduce_frame`); its time is the "reduce" stage."""
+    start_ns = time.perf_counter_ns()
     view = plan_frame_view(frame, spec, limits=limits)
     reduced = reduce_frame(frame, view, rows=rows, strip_elements=strip_elements)
     stats = view_stats(reduced, frame.meta.beam_center_x_px, frame.meta.beam_center_y_px)
@@ -143,6 +146,7 @@ def reduce_view(
         "fn": fn if fn is not None else str(spec.path),
     }
     meta.update(stats_fields(stats))
+    stage_times.record("reduce", start_ns)
     return ReducedView(reduced=reduced, stats=stats, meta=meta)
 
 
@@ -177,8 +181,9 @@ def render_jpeg(
     """Map a reduced view to 8 bits with the requested look and encode it (JPEG by default).
 
     ``limits.max_label_height_px`` bounds the banner; the view itself was bounded when it
-    was planned.
+    was planned. Times the "contrast" (levels, mapping, banner) and "encode" stages.
     """
+    start_ns = time.perf_counter_ns()
     levels = view_levels(view, look)
     if look.image_format not in ("jpeg", "png"):
         raise RequestError(f"unknown image format {look.image_format!r}; use jpeg or png")
@@ -199,11 +204,14 @@ def render_jpeg(
         planes[0, :banner_px] = banner
         # White and black are neutral: chroma 128 in YCbCr, the same grey in every RGB plane.
         planes[1:, :banner_px] = 128 if space == "ycc" else banner
+    stage_times.record("contrast", start_ns)
+    start_ns = time.perf_counter_ns()
     if space == "ycc":
         keep = get_colormap(look.colormap).overload_chroma
         data = encode_jpeg_ycc(planes, look.quality, subsampling=look.chroma, keep_chroma=keep)
     else:
         data = encode_png(np.ascontiguousarray(np.moveaxis(planes, 0, -1)))
+    stage_times.record("encode", start_ns)
     return RenderedImage(
         data=data,
         levels=levels,

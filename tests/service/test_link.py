@@ -7,6 +7,7 @@ import pytest
 from imageserver.errors import DeadlineError, FileAccessError, InternalError, RequestError
 from imageserver.service import link
 from imageserver.service.reply import Failure, Success
+from imageserver.stage_times import StageTimes
 from imageserver.transports.frames import MAX_ERROR_BYTES, legacy_frames
 
 
@@ -14,12 +15,29 @@ def test_requests_and_replies_round_trip() -> None:
     job = link.Job(b"\x00\x00\x00\x00\x00\x00\x00\x07", 123_456_789_000, b'{"type":"jpeg"}')
     assert link.read_request(link.request(job)) == job
     success = Success((b"{}", b"{}", b"\xff\xd8"))
-    assert link.read_reply(link.reply(b"id", success)) == (b"id", success)
+    assert link.read_reply(link.reply(b"id", success)) == (b"id", success, None)
     failure = Failure.of(FileAccessError("/data/x.cbf: permission denied"), fallback=(b"j", b""))
-    assert link.read_reply(link.reply(b"id", failure)) == (b"id", failure)
+    assert link.read_reply(link.reply(b"id", failure)) == (b"id", failure, None)
     started = Failure.of(RequestError("no"))
     assert link.read_failed(link.failed(started)) == started
     assert link.read_grant(link.welcome({"cache": {"user": "u"}})) == {"cache": {"user": "u"}}
+
+
+def test_a_reply_carries_the_worker_stage_times() -> None:
+    timings = b'{"decode":2000000,"reduce":5000000,"encode":1500000,"source":"file"}'
+    request_id, reply, times = link.read_reply(link.reply(b"id", Success((b"j",)), timings))
+    assert (request_id, reply) == (b"id", Success((b"j",)))
+    assert times == StageTimes({"decode": 0.002, "reduce": 0.005, "encode": 0.0015}, "file")
+    failure = Failure.of(RequestError("no"))
+    assert link.read_reply(link.reply(b"id", failure, timings))[1:] == (failure, times)
+
+
+@pytest.mark.parametrize(
+    "timings", [b"{", b"[1]", b'{"decode":"x"}' + b" " * 300, b"\xff\xfe", b"null"]
+)
+def test_malformed_stage_times_are_ignored_not_the_reply(timings: bytes) -> None:
+    request_id, reply, times = link.read_reply(link.reply(b"id", Success((b"j",)), timings))
+    assert (request_id, reply, times) == (b"id", Success((b"j",)), None)
 
 
 @pytest.mark.parametrize(
@@ -28,9 +46,11 @@ def test_requests_and_replies_round_trip() -> None:
         [],
         [b"reply"],
         [b"reply", b"id"],
-        [b"reply", b"id", b"maybe"],
-        [b"reply", b"id", b"err", b"code"],
-        [b"reply", b"id", b"err", b"c", b"e", b"r", b"x" * (link.MAX_TEXT_BYTES + 1)],
+        [b"reply", b"id", b""],
+        [b"reply", b"id", b"", b"maybe"],
+        [b"reply", b"id", b"ok"],
+        [b"reply", b"id", b"", b"err", b"code"],
+        [b"reply", b"id", b"", b"err", b"c", b"e", b"r", b"x" * (link.MAX_TEXT_BYTES + 1)],
         [b"request", b"id", b"short", b"{}"],
     ],
 )

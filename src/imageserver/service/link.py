@@ -5,9 +5,13 @@ worker  → manager   [HELLO]                                  connected, not ye
 manager → worker    [WELCOME, grant JSON]                    what this worker may use
 worker  → manager   [FAILED, code, error, reason, message]   could not become its identity
 manager → worker    [REQUEST, request id, deadline, payload] deadline: CLOCK_MONOTONIC ns
-worker  → manager   [REPLY, request id, SUCCESS, part…]
-worker  → manager   [REPLY, request id, FAILURE, code, error, reason, message, fallback…]
+worker  → manager   [REPLY, request id, timings, SUCCESS, part…]
+worker  → manager   [REPLY, request id, timings, FAILURE, code, error, reason, message, fallback…]
 ```
+
+``timings`` is where the worker's time went (`imageserver.stage_times`: a small JSON object
+of nanoseconds per render stage and the cache source, or empty); the manager observes it
+into its metrics, and ignores one that is too long or malformed.
 
 The grant holds only this worker's own secrets (its ESAF group's Redis user), so nothing
 that could reach another ESAF ever passes through the zygote that forks every worker. The
@@ -22,8 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imageserver import stage_times
 from imageserver.errors import LinkError
 from imageserver.service.reply import Failure, Reply, Success
+from imageserver.stage_times import StageTimes
 
 HELLO = b"hello"
 WELCOME = b"welcome"
@@ -67,25 +73,28 @@ def read_request(frames: Sequence[bytes]) -> Job:
     return Job(bytes(frames[1]), int.from_bytes(frames[2], "big"), bytes(frames[3]))
 
 
-def reply(request_id: bytes, answer: Reply) -> list[bytes]:
+def reply(request_id: bytes, answer: Reply, timings: bytes = b"") -> list[bytes]:
+    """``timings``: `stage_times.finish`'s frame for this job."""
     if isinstance(answer, Success):
-        return [REPLY, request_id, SUCCESS, *answer.parts]
-    return [REPLY, request_id, FAILURE, *_failure_fields(answer), *answer.fallback]
+        return [REPLY, request_id, timings, SUCCESS, *answer.parts]
+    return [REPLY, request_id, timings, FAILURE, *_failure_fields(answer), *answer.fallback]
 
 
 def failed(failure: Failure) -> list[bytes]:
     return [FAILED, *_failure_fields(failure)]
 
 
-def read_reply(frames: Sequence[bytes]) -> tuple[bytes, Reply]:
-    """(request id, reply) from a worker's REPLY message; LinkError if it is malformed."""
-    if len(frames) < 3 or frames[0] != REPLY:
+def read_reply(frames: Sequence[bytes]) -> tuple[bytes, Reply, StageTimes | None]:
+    """(request id, reply, timings) from a worker's REPLY message; LinkError if the message
+    is malformed, timings None if only they are."""
+    if len(frames) < 4 or frames[0] != REPLY:
         raise LinkError("not a reply")
-    request_id, kind, rest = bytes(frames[1]), frames[2], [bytes(f) for f in frames[3:]]
+    request_id, kind, rest = bytes(frames[1]), frames[3], [bytes(f) for f in frames[4:]]
+    times = stage_times.parse(bytes(frames[2]))
     if kind == SUCCESS:
-        return request_id, Success(tuple(rest))
+        return request_id, Success(tuple(rest)), times
     if kind == FAILURE and len(rest) >= 4:
-        return request_id, _read_failure(rest[:4], tuple(rest[4:]))
+        return request_id, _read_failure(rest[:4], tuple(rest[4:])), times
     raise LinkError("a reply that is neither success nor failure")
 
 

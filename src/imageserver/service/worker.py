@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeGuard
 
 import zmq
 
+from imageserver import stage_times
 from imageserver.errors import (
     DeadlineError,
     ImageServerError,
@@ -192,8 +193,9 @@ def _serve(manager: zmq.Socket, handler: Handler, config: WorkerConfig, parent_p
     is_released = True
 
     def work(job: link.Job) -> None:
+        stage_times.begin()
         answer = run_job(handler, job, config.memory_limit_bytes)
-        replies.put(link.reply(job.request_id, answer))
+        replies.put(link.reply(job.request_id, answer, stage_times.finish()))
         os.write(wake_write, b"x")
 
     long_jobs = handler if _runs_long_jobs(handler) else None

@@ -14,11 +14,13 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 import zmq
 
+from imageserver import metrics
 from imageserver.errors import ChainError
 from imageserver.transports.frames import TYPED_MARK
 
@@ -61,7 +63,23 @@ class ChainClient:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(self, job: dict[str, Any], *, timeout_s: float) -> ChainReply:
-        """Send one wire request and wait for its reply; ChainError for every failure."""
+        """Send one wire request and wait for its reply; ChainError for every failure.
+        Each is counted with its wait and outcome (`metrics.gateway_chain_request`)."""
+        started = time.perf_counter()
+        code: str | None = "cancelled"  # unless it ends below: the caller gave up
+        try:
+            reply = await self._request(job, timeout_s=timeout_s)
+            code = None
+            return reply
+        except ChainError as exc:
+            code = exc.wire_code
+            raise
+        finally:
+            kind = job.get("type")
+            seconds = time.perf_counter() - started
+            metrics.gateway_chain_request(kind if isinstance(kind, str) else None, code, seconds)
+
+    async def _request(self, job: dict[str, Any], *, timeout_s: float) -> ChainReply:
         loop = self._watch()
         request_id = next(self._ids).to_bytes(8, "big")
         future: asyncio.Future[list[bytes]] = loop.create_future()

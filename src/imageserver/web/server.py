@@ -8,6 +8,7 @@ import socket
 import uvicorn
 
 from imageserver.config import Settings
+from imageserver.metrics import start_metrics_server
 from imageserver.service.systemd import notify
 from imageserver.web.app import create_app
 
@@ -25,6 +26,7 @@ def run_gateway(settings: Settings) -> None:
     host, port = listen_address(settings.web.listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=512)
+    start_metrics_server(settings.metrics.web, "web")
 
     def ready() -> None:
         bound_host, bound_port = sock.getsockname()[:2]
