@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from imageserver.cache.memory import MemoryCache
 from imageserver.cache.keys import Scope
+from imageserver.cache.memory import MemoryCache
 from imageserver.cache.renderer import CachedRenderer, entry_nbytes
 from imageserver.config import LimitSettings, LiveSettings
 from imageserver.formats.datasets import dataset_group, latest_dataset
