@@ -142,9 +142,9 @@ def test_a_session_store_outage_is_logged_once_not_per_request(site: Site) -> No
 
 
 def test_both_processes_log_the_documented_ready_line(site: Site) -> None:
-    assert "imageserver proxy ready: clients on " in site.chain.log_text("proxy")
+    assert "imageserver broker ready: clients on " in site.chain.log_text("proxy")
     assert "imageserver serve ready: requests from " in site.chain.log_text("serve")
     documented = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
     text = documented.read_text()
-    assert "imageserver proxy ready" in text and "imageserver serve ready" in text
+    assert "imageserver broker ready" in text and "imageserver serve ready" in text
     assert "refused reason=" in text
