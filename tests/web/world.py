@@ -137,9 +137,11 @@ def started_world(
     *,
     esafs: tuple[int, int] = (ESAF, OTHER_ESAF),
     viewer_data: bool = False,
+    extra_config: str = "",
 ) -> Iterator[WebWorld]:
     """The chain with the gateway, a user, ESAF groups and the experiment's data; with
-    ``viewer_data`` also an Eiger series of several frames and a run of CBF files."""
+    ``viewer_data`` also an Eiger series of several frames and a run of CBF files;
+    ``extra_config`` is appended to the chain's configuration (e.g. a ``[metrics]`` table)."""
     with ground(redis_dir) as base:
         if IS_ROOT:
             user = f"isweb{os.urandom(3).hex()}"
@@ -169,7 +171,9 @@ def started_world(
         for path in [data, *data.iterdir()]:
             os.chown(path, os.getuid() if not IS_ROOT else 0, gid)
             path.chmod(0o750 if path.is_dir() else 0o640)
-        with running_chain(base.redis.url, deadline_s=20.0, web_port=0) as chain:
+        with running_chain(
+            base.redis.url, deadline_s=20.0, web_port=0, workers_extra=extra_config
+        ) as chain:
             yield WebWorld(
                 chain=chain,
                 user=user,
