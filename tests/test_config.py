@@ -17,6 +17,7 @@ from imageserver.config import (
     Settings,
     WorkerSettings,
     load_settings,
+    parse_sentinels,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,8 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     path = write(tmp_path, '[session]\nredis_ulr = "redis://x"\n')
     assert refusal(path) == (
         f"{path}: unknown key 'session.redis_ulr'; did you mean 'redis_url'? (known keys in"
-        " [session]: redis_url, redis_timeout_s, public_key_path, verified_signatures)"
+        " [session]: redis_url, sentinels, sentinel_service, sentinel_password, redis_timeout_s,"
+        " public_key_path, verified_signatures)"
     )
     path = write(tmp_path, "[sessions]\n")
     assert refusal(path).startswith(f"{path}: unknown key 'sessions'; did you mean 'session'?")
@@ -138,6 +140,19 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
             '[cache]\nredis_url = "localhost:6379"\n',
             "[cache] redis_url must start with one of redis://, rediss://, unix://,"
             " not 'localhost:6379'",
+        ),
+        (
+            '[session]\nsentinels = "10.0.0.1:26379,10.0.0.2"\n',
+            "[session] sentinels must be HOST:PORT,HOST:PORT…: '10.0.0.2' is not HOST:PORT",
+        ),
+        (
+            '[cache]\nsentinels = "10.0.0.1:26379"\nredis_url = "unix:///run/redis.sock"\n',
+            "[cache] redis_url must be redis:// or rediss:// when sentinels are set,"
+            " not 'unix:///run/redis.sock'",
+        ),
+        (
+            '[cache]\nsentinels = "10.0.0.1:26379"\nsentinel_service = ""\n',
+            "[cache] sentinel_service must be set",
         ),
         (
             '[identity]\nesaf_group_pattern = "esaf"\n',
@@ -212,3 +227,12 @@ def test_progress_servers_are_allowed_by_host_and_port(
     allowed: str, host: str, port: int, expected: bool
 ) -> None:
     assert IndexSettings(progress_hosts=allowed).allows_progress_to(host, port) is expected
+
+
+def test_sentinels_are_host_port_pairs(tmp_path: Path) -> None:
+    path = write(tmp_path, '[session]\nsentinels = " 10.0.0.1:26379, [::1]:26380 "\n')
+    assert parse_sentinels(load_settings(path).session.sentinels) == (
+        ("10.0.0.1", 26379),
+        ("::1", 26380),
+    )
+    assert parse_sentinels("") == ()

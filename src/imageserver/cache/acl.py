@@ -11,6 +11,11 @@ Passwords are HMACs of the gid under a secret made when the manager starts; each
 it stops. A background thread re-applies every user every ``refresh_s`` (2 s), so a Redis that
 restarted (and forgot its users) serves workers again within seconds.
 
+ACL users are not replicated: with Sentinel, every user is applied to the primary and to every
+replica the sentinels report, so a replica promoted by a failover already knows them (and one
+that restarted learns them again at the next refresh). Workers get the sentinels' addresses
+in their grant and follow a failover themselves.
+
 This is isolation only if strangers cannot log in as Redis's ``default`` user: the manager
 checks and, if the Redis is open, warns — or, with ``require_isolation``, gives workers no
 shared tier at all.
@@ -24,14 +29,24 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import redis
 
 from imageserver import metrics
-from imageserver.cache.shared import NO_CLIENT_SETINFO, RedisLink, public_url
+from imageserver.cache.shared import RedisLink, public_url
 from imageserver.config import CacheSettings
 from imageserver.errors import CacheUnavailableError
+from imageserver.redis_connect import (
+    NO_CLIENT_SETINFO,
+    Address,
+    RedisTarget,
+    close_redis,
+    connect_node,
+    connect_redis,
+    replica_addresses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +85,12 @@ class CacheAccess:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._admin: RedisLink | None = None
+        self._replicas: dict[Address, redis.Redis] = {}
+        self._failing_replicas: set[Address] = set()
+        self._target = RedisTarget.of(settings)
         if settings.redis_url:
             self._admin = RedisLink.connect(
-                settings.redis_url,
+                self._target,
                 prefix=settings.key_prefix,
                 timeout_s=settings.redis_timeout_s,
                 retry_s=settings.redis_retry_s,
@@ -98,47 +116,92 @@ class CacheAccess:
             self._check_open()
         if self._is_open and self.settings.require_isolation:
             return {}
+        public = self._target.with_url(public_url(self.settings.redis_url))
         return {
             "cache": {
-                "url": public_url(self.settings.redis_url),
+                **public.to_table(),
                 "user": user_name(self.settings.key_prefix, gid),
                 "password": self.password(gid),
             }
         }
 
     def provision(self, gid: int) -> bool:
-        """Create or refresh the ACL user of ``gid``; False when Redis did not accept it."""
-        if self._admin is None:
-            return False
-        prefix = self.settings.key_prefix
-        rules = ["on", f">{self.password(gid)}", "resetkeys", f"~{key_pattern(prefix, gid)}"]
-        rules += ["resetchannels", "-@all", *(f"+{command}" for command in WORKER_COMMANDS)]
-        try:
-            self._admin.run(
-                lambda r: r.execute_command("ACL", "SETUSER", user_name(prefix, gid), *rules)
-            )
-        except CacheUnavailableError:
-            metrics.redis_error("cache")
-            return False
-        with self._lock:
-            self._provisioned.add(gid)
-        return True
+        """Create or refresh the ACL user of ``gid`` (on the primary and every replica); False
+        when the primary did not accept it."""
+        return self._provision([gid]) == 1
 
     def provision_all(self) -> int:
-        """Re-apply every known user (Redis may have restarted); how many were accepted."""
+        """Re-apply every known user (Redis may have restarted, or a failover happened); how
+        many the primary accepted."""
         with self._lock:
             gids = sorted(self._gids)
-        accepted = sum(self.provision(gid) for gid in gids)
+        accepted = self._provision(gids)
         if accepted:
             self._check_open()
         return accepted
 
+    def _provision(self, gids: list[int]) -> int:
+        if self._admin is None:
+            return 0
+        accepted: list[tuple[str, ...]] = []
+        for gid in gids:
+            command = self._set_user(gid)
+            try:
+                self._admin.run(functools.partial(_execute, command=command))
+            except CacheUnavailableError:
+                metrics.redis_error("cache")
+                continue
+            with self._lock:
+                self._provisioned.add(gid)
+            accepted.append(command)
+        if accepted:
+            self._run_on_replicas(accepted)
+        return len(accepted)
+
+    def _set_user(self, gid: int) -> tuple[str, ...]:
+        prefix = self.settings.key_prefix
+        rules = ["on", f">{self.password(gid)}", "resetkeys", f"~{key_pattern(prefix, gid)}"]
+        rules += ["resetchannels", "-@all", *(f"+{command}" for command in WORKER_COMMANDS)]
+        return ("ACL", "SETUSER", user_name(prefix, gid), *rules)
+
+    def _run_on_replicas(self, commands: Sequence[tuple[str, ...]]) -> None:
+        """Run ``commands`` on every replica the sentinels report (none without Sentinel);
+        a replica that refuses is logged once and tried again next time."""
+        assert self._admin is not None
+        for address in replica_addresses(self._admin.client):
+            with self._lock:
+                client = self._replicas.get(address)
+                if client is None:
+                    client = connect_node(
+                        self._target,
+                        address,
+                        socket_timeout=self.settings.redis_timeout_s,
+                        socket_connect_timeout=self.settings.redis_timeout_s,
+                    )
+                    self._replicas[address] = client
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                if address not in self._failing_replicas:
+                    self._failing_replicas.add(address)
+                    log.warning(
+                        "cache replica %s:%d did not take the ESAF users (%s); it would"
+                        " refuse workers if promoted; trying again every %g s",
+                        *address,
+                        exc,
+                        self.refresh_s,
+                    )
+                continue
+            self._failing_replicas.discard(address)
+
     def _check_open(self) -> None:
         """Whether a client without credentials gets in; warn (once per change) if so."""
-        probe = redis.Redis.from_url(
-            public_url(self.settings.redis_url),
-            socket_timeout=self.settings.redis_timeout_s,
-            socket_connect_timeout=self.settings.redis_timeout_s,
+        probe = connect_redis(
+            self._target.with_url(public_url(self.settings.redis_url)),
+            timeout_s=self.settings.redis_timeout_s,
             **NO_CLIENT_SETINFO,
         )
         try:
@@ -146,7 +209,7 @@ class CacheAccess:
         except redis.RedisError:
             is_open = False
         finally:
-            probe.close()
+            close_redis(probe)
         if is_open and not self._is_open:
             if self.settings.require_isolation:
                 log.error(
@@ -193,6 +256,10 @@ class CacheAccess:
                 admin.run(functools.partial(_execute, command=command))
             except CacheUnavailableError:
                 break
+        if withdrawals:
+            self._run_on_replicas(withdrawals)
+        for client in self._replicas.values():
+            client.close()
         admin.close()
 
 

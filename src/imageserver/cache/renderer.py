@@ -59,6 +59,7 @@ from imageserver.formats.base import (
 from imageserver.imaging.geometry import View, plan_view
 from imageserver.imaging.reduce import RowSource
 from imageserver.memo import IdentityMemo
+from imageserver.redis_connect import RedisTarget
 from imageserver.render import Look, ReducedView, RenderedImage, ViewSpec, reduce_view, render_jpeg
 
 log = logging.getLogger(__name__)
@@ -509,11 +510,11 @@ def renderer_for_worker(
 
 def worker_link(access: object, settings: CacheSettings) -> RedisLink | None:
     """The link to the shared tier as this worker's ESAF group's Redis user, from the
-    ``cache`` entry of its grant; None when it has none."""
+    ``cache`` entry of its grant (a URL, or sentinels to follow); None when it has none."""
     if not isinstance(access, dict) or not access.get("url"):
         return None
     return RedisLink.connect(
-        str(access["url"]),
+        RedisTarget.from_table(access),
         prefix=settings.key_prefix,
         timeout_s=settings.redis_timeout_s,
         retry_s=settings.redis_retry_s,

@@ -12,7 +12,6 @@ link logs once, stays off for ``retry_s`` and then tries again.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (socket needs it for host names; see the note below)
-import inspect
 import logging
 import os
 import queue
@@ -24,12 +23,16 @@ from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from imageserver.cache.codec import Codec
 from imageserver.cache.keys import CacheKey
 from imageserver.errors import CacheUnavailableError
+from imageserver.redis_connect import (
+    NO_CLIENT_SETINFO,
+    RedisTarget,
+    close_redis,
+    connect_redis,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +42,10 @@ T = TypeVar("T")
 FIRST_POLL_S = 0.001
 MAX_POLL_S = 0.025
 
-NO_CLIENT_SETINFO: dict[str, object] = (
-    {"driver_info": None}
-    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
-    else {"lib_name": None, "lib_version": None}
-)
-"""Client options that skip CLIENT SETINFO on connect: a worker's ACL user may not run it."""
-
 # Workers drop root's rights after forking, and may then be unable to read the Python
 # installation: every module a connection needs is imported here, before the fork, including
-# the "idna" codec that socket.getaddrinfo looks up by name on first use.
+# the "idna" codec that socket.getaddrinfo looks up by name on first use (and, through
+# `redis_connect`, redis.sentinel, for a worker that follows a Sentinel primary).
 
 
 class RedisLink:
@@ -73,7 +70,7 @@ class RedisLink:
     @classmethod
     def connect(
         cls,
-        url: str,
+        target: RedisTarget | str,
         *,
         prefix: str,
         timeout_s: float,
@@ -81,18 +78,15 @@ class RedisLink:
         username: str | None = None,
         password: str | None = None,
     ) -> RedisLink:
-        """A link to ``url`` (no connection is made until first use)."""
-        options: dict[str, object] = {}
-        if username is not None:
-            options.update(username=username, password=password)
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+        """A link to ``target`` (a URL, or a Sentinel primary that a failover moves); no
+        connection is made until first use."""
+        client = connect_redis(
+            RedisTarget(target) if isinstance(target, str) else target,
+            timeout_s=timeout_s,
+            username=username,
+            password=password,
             retry_on_timeout=False,
             health_check_interval=0,
-            **options,
             **NO_CLIENT_SETINFO,
         )
         return cls(client, prefix=prefix, retry_s=retry_s)
@@ -133,7 +127,7 @@ class RedisLink:
                 )
 
     def close(self) -> None:
-        self.client.close()
+        close_redis(self.client)
 
 
 def public_url(url: str) -> str:

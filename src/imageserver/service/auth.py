@@ -30,8 +30,6 @@ import redis
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from imageserver.config import Settings
 from imageserver.errors import (
@@ -41,6 +39,7 @@ from imageserver.errors import (
     SessionError,
     SessionStoreUnavailableError,
 )
+from imageserver.redis_connect import RedisTarget, connect_redis
 from imageserver.service.requests import token_hash
 
 log = logging.getLogger(__name__)
@@ -210,13 +209,12 @@ def parse_isauth(isauth: bytes) -> IsAuthClaims:
 
 
 def connect_session_store(settings: Settings) -> redis.Redis:
-    """A client for the session Redis that fails fast when it is gone and recovers by itself."""
-    timeout_s = settings.session.redis_timeout_s
-    return redis.Redis.from_url(
-        settings.session.redis_url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1),
+    """A client for the session Redis that fails fast when it is gone and recovers by itself
+    (with Sentinel, it follows the primary through a failover)."""
+    return connect_redis(
+        RedisTarget.of(settings.session),
+        timeout_s=settings.session.redis_timeout_s,
+        retries=1,
         decode_responses=False,
     )
 
