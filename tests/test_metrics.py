@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from imageserver import metrics
+from imageserver.config import MetricsSettings, Settings, load_settings
 from imageserver.embedded_redis import free_port
+from imageserver.errors import ConfigError
 from imageserver.stage_times import StageTimes
 
 
@@ -138,3 +141,17 @@ def test_no_address_serves_nothing_and_an_unknown_role_is_a_bug() -> None:
     assert metrics.start_metrics_server("", "web") is False
     with pytest.raises(ValueError, match="unknown metrics role"):
         metrics.start_metrics_server("127.0.0.1:1", "zygote")
+
+
+def test_metrics_addresses_are_checked_when_loaded(tmp_path: Path) -> None:
+    assert Settings().metrics == MetricsSettings(
+        "127.0.0.1:9310", "127.0.0.1:9311", "127.0.0.1:9312"
+    )
+    config = tmp_path / "imageserver.toml"
+    config.write_text('[metrics]\nmanager = "[::1]:9400"\nweb = ""\n')
+    loaded = load_settings(config).metrics
+    assert (loaded.manager, loaded.web, loaded.broker) == ("[::1]:9400", "", "127.0.0.1:9310")
+    for bad in ("9311", "localhost:", "host:http", "host:70000", "host:0"):
+        config.write_text(f'[metrics]\nbroker = "{bad}"\n')
+        with pytest.raises(ConfigError, match=r"\[metrics\] broker must be HOST:PORT"):
+            load_settings(config)
