@@ -13,6 +13,7 @@ from imageserver import metrics
 from imageserver.config import MetricsSettings, Settings, load_settings
 from imageserver.embedded_redis import free_port
 from imageserver.errors import ConfigError
+from imageserver.service.auth import StoreHealth
 from imageserver.stage_times import StageTimes
 
 
@@ -77,6 +78,14 @@ def test_manager_gauges_and_redis_errors() -> None:
     before = value("manager", "imageserver_redis_errors_total", store="session")
     metrics.redis_error("session")
     assert value("manager", "imageserver_redis_errors_total", store="session") == before + 1
+
+
+def test_each_failed_session_store_command_is_a_redis_error() -> None:
+    before = value("manager", "imageserver_redis_errors_total", store="session")
+    health = StoreHealth()
+    health.down("connection refused")
+    health.down("connection refused")  # logged once, counted twice
+    assert value("manager", "imageserver_redis_errors_total", store="session") == before + 2
 
 
 def test_gateway_counts_routes_statuses_and_chain_waits() -> None:

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from imageserver import metrics
 from imageserver.config import Settings
 from imageserver.errors import (
     ConfigError,
@@ -310,6 +311,7 @@ class StoreHealth:
         self.refused_while_down = 0
 
     def down(self, why: str) -> None:
+        metrics.redis_error("session")
         with self._lock:
             was_down, self._is_down = self._is_down, True
             self.refused_while_down += 1
