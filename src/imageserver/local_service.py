@@ -65,7 +65,8 @@ class LocalService:
 
     ``extra_config`` is appended to the generated TOML (e.g. a ``[workers]`` table); the
     endpoints are ipc sockets inside ``directory``. ``web_port`` starts the gateway on
-    127.0.0.1 at that port (0: a free one).
+    127.0.0.1 at that port (0: a free one). ``redis_config`` is added to both [session] and
+    [cache] (e.g. ``sentinels``).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class LocalService:
         extra_config: str = "",
         *,
         web_port: int | None = None,
+        redis_config: str = "",
         web_host: str = "127.0.0.1",
     ) -> None:
         self.directory = directory
@@ -98,10 +100,12 @@ class LocalService:
             "[proxy]\n"
             f'front_endpoint = "{self.front}"\nback_endpoint = "{self.back}"\n'
             "[session]\n"
-            f'redis_url = "{redis_url}"\nredis_timeout_s = 0.5\n'
+            f'redis_url = "{redis_url}"\nredis_timeout_s = 0.5\n{redis_config}'
             f'public_key_path = "{keys / "session.pub.pem"}"\n'
             "[cache]\n"
-            f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n' + web_config + extra_config
+            f'redis_url = "{redis_url.rsplit("/", 1)[0]}/1"\n{redis_config}'
+            + web_config
+            + extra_config
         )
         self.settings: Settings = load_settings(self.config)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

@@ -68,6 +68,7 @@ class Chain(LocalService):
         threads: int = 2,
         workers_extra: str = "",
         web_port: int | None = None,
+        redis_config: str = "",
     ) -> None:
         super().__init__(
             directory,
@@ -79,6 +80,7 @@ class Chain(LocalService):
                 f"max_workers = {max_workers}\n" + workers_extra
             ),
             web_port=web_port,
+            redis_config=redis_config,
         )
 
     def worker_pids(self) -> list[int]:
