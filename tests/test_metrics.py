@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socket
 import urllib.request
 from pathlib import Path
@@ -15,6 +17,8 @@ from imageserver.embedded_redis import free_port
 from imageserver.errors import ConfigError
 from imageserver.service.auth import StoreHealth
 from imageserver.stage_times import StageTimes
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "etc" / "grafana-imageserver.json"
 
 
 def value(role: str, name: str, **labels: str) -> float:
@@ -164,3 +168,21 @@ def test_metrics_addresses_are_checked_when_loaded(tmp_path: Path) -> None:
         config.write_text(f'[metrics]\nbroker = "{bad}"\n')
         with pytest.raises(ConfigError, match=r"\[metrics\] broker must be HOST:PORT"):
             load_settings(config)
+
+
+def test_the_grafana_dashboard_draws_only_metrics_that_exist() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    defined = {
+        family.name for registry in metrics.REGISTRIES.values() for family in registry.collect()
+    }
+    drawn = set()
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}"
+            for name in re.findall(r"imageserver_\w+", target["expr"]):
+                drawn.add(re.sub(r"_(total|bucket|count|sum)$", "", name))
+    assert drawn <= defined, drawn - defined
+    assert {"imageserver_stage_seconds", "imageserver_broker_node_in_flight"} <= drawn
