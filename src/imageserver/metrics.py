@@ -196,9 +196,18 @@ def outcome(code: str | None) -> str:
 
 def count_request(role: str, kind: str | None, code: str | None, seconds: float) -> None:
     """One answered request of ``role``: its type, error code (None: ok) and latency."""
-    label = request_type(kind)
-    _REQUESTS[role].labels(role, label, outcome(code)).inc()
-    _REQUEST_SECONDS[role].labels(role, label).observe(seconds)
+    labels = (role, request_type(kind), outcome(code))
+    series = _request_series.get(labels)
+    if series is None:  # label lookups cost ~3 µs each: once per (role, type, outcome)
+        series = _request_series[labels] = (
+            _REQUESTS[role].labels(*labels),
+            _REQUEST_SECONDS[role].labels(*labels[:2]),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+
+
+_request_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
 
 # -- what the manager calls ------------------------------------------------------------------
@@ -209,14 +218,21 @@ def manager_request(kind: str | None, code: str | None, seconds: float) -> None:
     count_request("manager", kind, code, seconds)
 
 
+_STAGE_SERIES = {stage: STAGE_SECONDS.labels(stage) for stage in STAGES}
+_CACHE_SERIES = {
+    source: CACHE_ANSWERS.labels(source, tier) for source, tier in TIER_OF_SOURCE.items()
+}
+
+
 def observe_stage_times(times: StageTimes) -> None:
     """A worker's reported stage times and cache source (already checked by `parse`)."""
     for stage, seconds in times.seconds.items():
-        if stage in STAGES:
-            STAGE_SECONDS.labels(stage).observe(seconds)
-    tier = TIER_OF_SOURCE.get(times.source)
-    if tier is not None:
-        CACHE_ANSWERS.labels(times.source, tier).inc()
+        series = _STAGE_SERIES.get(stage)
+        if series is not None:
+            series.observe(seconds)
+    answers = _CACHE_SERIES.get(times.source)
+    if answers is not None:
+        answers.inc()
 
 
 def manager_state(*, workers: int, pending: int, index_waiting: int) -> None:
@@ -249,8 +265,17 @@ def gateway_chain_request(kind: str | None, code: str | None, seconds: float) ->
 
 def gateway_http_request(route: str, status: int, seconds: float) -> None:
     """An HTTP response: ``route`` is the route's template (bounded), never the raw path."""
-    HTTP_REQUESTS.labels(route, str(status)).inc()
-    HTTP_SECONDS.labels(route).observe(seconds)
+    series = _http_series.get((route, status))
+    if series is None:
+        series = _http_series[route, status] = (
+            HTTP_REQUESTS.labels(route, str(status)),
+            HTTP_SECONDS.labels(route),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+
+
+_http_series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
 
 # -- what the broker calls -------------------------------------------------------------------
