@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from imageserver.embedded_redis import free_port
 from imageserver.sampledata.dataset import PILATUS_CBF
 
-ESAF = 61501
+ESAF = 61901
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
