@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from chain import (
 )
 
 from imageserver.sampledata.dataset import EIGER16M_STEM, PILATUS_CBF
+from imageserver.transports import node_protocol as protocol
 
 ESAF = 61011
 NODES = ("serve", "serve2")
@@ -247,3 +250,46 @@ def test_bad_and_good_requests_mixed_during_a_node_loss(both_running: Nodes) -> 
     assert all(is_jpeg(frames) for _, frames in replies[: len(good)])
     for _, frames in replies[len(good) :]:
         assert not is_jpeg(frames), frames[:1]
+
+
+def test_a_node_answers_busy_beyond_its_announced_capacity(nodes: Nodes, tmp_path: Path) -> None:
+    """A node behind a broker that ignores its capacity (several brokers, say) still bounds
+    what it holds: the request beyond it is answered busy at once."""
+    back = f"ipc://{tmp_path}/scripted-broker"
+    config = tmp_path / "node.toml"
+    text = nodes.chain.config.read_text().replace(nodes.chain.back, back)
+    config.write_text(text + '[broker]\nnode_capacity = 2\nnode_name = "small"\n')
+    broker = nodes.chain.context.socket(zmq.ROUTER)
+    broker.setsockopt(zmq.LINGER, 0)
+    broker.bind(back)
+    log = (tmp_path / "node.log").open("wb")
+    node = subprocess.Popen(
+        [sys.executable, "-m", "imageserver", "serve", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert broker.poll(60_000), "the node never dialled in"
+        identity, *heartbeat = broker.recv_multipart()
+        announced = protocol.read_announcement(heartbeat)
+        assert (announced.node, announced.capacity) == ("small", 2)
+        payload = json.dumps({"type": "meta", "pid": "no-such-session", "esaf": 1, "fn": "/x"})
+        for number in range(3):
+            request_id = number.to_bytes(protocol.REQUEST_ID_BYTES, "big")
+            broker.send_multipart([identity, *protocol.request(request_id, [payload.encode()])])
+        replies: dict[int, list[bytes]] = {}
+        deadline = time.monotonic() + 10
+        while len(replies) < 3 and time.monotonic() < deadline:
+            if broker.poll(500):
+                _, *message = broker.recv_multipart()
+                if protocol.kind(message) == protocol.REPLY:
+                    request_id, body = protocol.read_addressed(message)
+                    replies[int.from_bytes(request_id, "big")] = body
+        assert sorted(replies) == [0, 1, 2]
+        texts = [replies[n][0] for n in range(3)]
+        assert b"busy" in texts[2] and not any(b"busy" in text for text in texts[:2]), texts
+    finally:
+        node.terminate()
+        node.wait(timeout=20)
+        broker.close(0)
+        log.close()

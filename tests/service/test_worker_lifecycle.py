@@ -6,6 +6,9 @@ from __future__ import annotations
 import grp
 import os
 import shutil
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,3 +127,23 @@ def test_a_new_identity_beyond_max_workers_replaces_the_least_recently_used(site
         wait_for(lambda: kept not in chain.running(), what="esaf one's worker to go")
         assert chain.of(two) != dropped
         assert len(chain.running()) == 2
+
+
+def test_a_worker_that_vanished_unreported_is_replaced_for_the_request(site: Site) -> None:
+    """A worker killed before the zygote could report it (the zygote stopped here): the next
+    request finds its socket gone and is given to a fresh worker, not answered with an error."""
+    esaf = site.esafs[0]
+    with workers(site) as chain:
+        chain.ask(esaf)
+        first = chain.of(esaf)
+        zygote = chain.chain.zygote_pid()
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            os.kill(first, signal.SIGKILL)
+            time.sleep(0.3)  # the kernel closes its socket; the manager's ROUTER notices
+            threading.Timer(0.5, os.kill, (zygote, signal.SIGCONT)).start()
+            chain.ask(esaf)
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        assert chain.of(esaf) != first
+        assert "unreachable" in chain.chain.log_text()

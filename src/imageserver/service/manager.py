@@ -122,6 +122,8 @@ class Pending:
     worker: WorkerSlot | None = None
     typed: bool = False
     identity: Identity | None = None
+    is_retried: bool = False
+    """Given to a fresh worker once already, after its first one had vanished."""
 
 
 class Manager:
@@ -247,6 +249,7 @@ class Manager:
             return
         if len(self._pending) >= self._broker.node_capacity:
             busy = Failure.of(BusyError("this image server node is busy; please retry"))
+            metrics.manager_request(None, busy.code, 0.0)
             self._front_send(origin, reply_frames(busy, typed=incoming.typed))
             return
         request_id = next(self._ids).to_bytes(8, "big")
@@ -368,9 +371,23 @@ class Manager:
         try:
             self._back.send_multipart([slot.socket_id, *link.request(job)])
         except zmq.ZMQError as exc:
-            self._finish(request_id, Failure.of(WorkerError(f"worker unavailable: {exc}")))
+            self._on_unreachable(slot, request_id, exc)
             return
         slot.in_flight.add(request_id)
+
+    def _on_unreachable(self, slot: WorkerSlot, request_id: bytes, exc: zmq.ZMQError) -> None:
+        """The worker's socket is gone (it died and the zygote has not said so yet): retire
+        it and give the request once to a fresh worker of the identity."""
+        log.warning("manager: worker %s (uid %d) unreachable: %s", slot.pid, slot.identity.uid, exc)
+        unavailable = Failure.of(WorkerError(f"worker unavailable: {exc}; please retry"))
+        self._signal(slot, signal.SIGKILL)
+        self._retire(slot, unavailable)
+        pending = self._pending[request_id]
+        if pending.is_retried or pending.identity is None:
+            self._finish(request_id, unavailable)
+            return
+        pending.is_retried = True
+        self._route(request_id, pending.identity)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -595,15 +612,14 @@ class Manager:
 
     def _finish(self, request_id: bytes, reply: Reply) -> None:
         """The one way a reply leaves: only for a pending request, so never twice."""
-        if (finished := self._pending.get(request_id)) is not None:
-            metrics.manager_request(
-                finished.info.type if finished.info is not None else None,
-                reply.code if isinstance(reply, Failure) else None,
-                time.monotonic() - finished.received,
-            )
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return
+        metrics.manager_request(
+            pending.info.type if pending.info is not None else None,
+            reply.code if isinstance(reply, Failure) else None,
+            time.monotonic() - pending.received,
+        )
         if request_id in self._index_running:
             self._index_running.discard(request_id)
             self._start_waiting_index_jobs()
