@@ -314,7 +314,10 @@ class Broker:
         metrics.broker_queue_depth(len(self._queue))
 
     def _count_nodes(self) -> None:
-        metrics.broker_nodes(len(self._nodes), len(self._nodes))
+        """Healthy: heard within two heartbeats; the rest are late, not yet lost."""
+        fresh_after = time.monotonic() - 2 * self._settings.heartbeat_s
+        healthy = sum(node.last_seen >= fresh_after for node in self._nodes.values())
+        metrics.broker_nodes(healthy, len(self._nodes))
 
     # -- time ------------------------------------------------------------------------------
 
@@ -324,6 +327,7 @@ class Broker:
                 self._lose(node, f"stopped responding ({self._settings.node_timeout_s:g} s)")
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self._settings.heartbeat_s
+            self._count_nodes()
             for node in list(self._nodes.values()):
                 try:
                     self._back.send_multipart([node.identity, *protocol.heartbeat()], zmq.NOBLOCK)
