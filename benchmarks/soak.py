@@ -88,7 +88,7 @@ def client(context: zmq.Context, endpoint: str, run: Run, timeout_s: float) -> N
             sent = time.monotonic()
             sock.send_multipart(case.frames)
             if not sock.poll(int(timeout_s * 1000)):
-                run.results.append(Result(case, sent, None, Verdict("lost")))
+                run.results.append(Result.of(case, sent, None, Verdict("lost")))
                 sock.close(0)  # a late reply must not pass for the next request's
                 sock = _connect(context, endpoint)
                 continue
@@ -96,7 +96,7 @@ def client(context: zmq.Context, endpoint: str, run: Run, timeout_s: float) -> N
             latency_s = time.monotonic() - sent
             if case.frames[0] == b"":  # the DEALER's delimiter comes back first
                 frames = frames[1:] if frames and frames[0] == b"" else [b"?", *frames]
-            run.results.append(Result(case, sent, latency_s, judge(case, frames)))
+            run.results.append(Result.of(case, sent, latency_s, judge(case, frames)))
         if sock.poll(int(STRAY_WAIT_S * 1000)):
             run.strays.append(sock.recv_multipart())
     finally:

@@ -20,11 +20,19 @@ GRACE_S = 3.0
 
 @dataclass(frozen=True)
 class Result:
-    case: Case
+    """What one request got; its kind and tag, not its frames (some are a megabyte)."""
+
+    kind: str
+    tag: str
+    is_valid: bool
     sent: float
     latency_s: float | None
     """None: lost (no reply within the client's timeout)."""
     verdict: Verdict
+
+    @classmethod
+    def of(cls, case: Case, sent: float, latency_s: float | None, verdict: Verdict) -> Result:
+        return cls(case.kind, case.tag, case.is_valid, sent, latency_s, verdict)
 
 
 @dataclass
@@ -96,16 +104,16 @@ def summarise(
             by_phase = errors.setdefault(str(result.verdict.code), Counter())
             by_phase[phase_of(result, windows)] += 1
     refusals = Counter(
-        str(r.verdict.code) for r in results if r.verdict.outcome == "ok" and not r.case.is_valid
+        str(r.verdict.code) for r in results if r.verdict.outcome == "ok" and not r.is_valid
     )
-    answered = [r for r in results if r.case.is_valid and r.latency_s is not None]
+    answered = [r for r in results if r.is_valid and r.latency_s is not None]
     latency = {"all valid requests": _quantiles([r.latency_s or 0.0 for r in answered])}
     for phase in PHASES:
         seconds = [r.latency_s or 0.0 for r in answered if phase_of(r, windows) == phase]
         latency[phase] = _quantiles(seconds)
     return Summary(
         requests=len(results),
-        invalid=sum(not r.case.is_valid for r in results),
+        invalid=sum(not r.is_valid for r in results),
         lost=len(lost),
         wrong=len(wrong) + len(strays),
         wall_s=round(wall_s, 2),
@@ -117,7 +125,7 @@ def summarise(
         memory=memory,
         wrong_examples=[r.verdict.why for r in wrong[:10]]
         + [f"a second reply: {[f[:60] for f in s]}" for s in strays[:5]],
-        lost_examples=[f"{r.case.kind} {r.case.tag}" for r in lost[:10]],
+        lost_examples=[f"{r.kind} {r.tag}" for r in lost[:10]],
     )
 
 
