@@ -408,11 +408,15 @@ class LiveSettings:
     view_xsize_px: int = 1024
     """The width a new frame is reduced to until a view in its directory asks another (the
     viewer's first request)."""
+    max_frames_per_s: float = 10.0
+    """New frames reduced per second at most, per watched directory: a faster detector's
+    frames in between are skipped (the viewer follows at 2 per second)."""
 
     def __post_init__(self) -> None:
         _require(self.max_watched_dirs >= 1, self.SECTION, "max_watched_dirs", "must be ≥ 1")
         _require(self.watch_idle_s > 0, self.SECTION, "watch_idle_s", "must be > 0")
         _require(self.view_xsize_px >= 8, self.SECTION, "view_xsize_px", "must be ≥ 8")
+        _require(self.max_frames_per_s > 0, self.SECTION, "max_frames_per_s", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ mode, as a detector does, and checks what the worker prepared and what `latest` 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -91,6 +92,29 @@ def test_background_queue_keeps_only_the_newest_task_per_slot() -> None:
         gate.set()
         assert queue.wait_idle(5)
         assert ran == ["live 4", "next", "prev"]
+    finally:
+        queue.close()
+
+
+def test_background_queue_caps_the_rate_of_a_slot_and_runs_the_newest() -> None:
+    """A detector at 100 Hz in one directory, a cap of 10 per second: about 10 reductions in
+    a second, each of the newest frame waiting; another directory is not held back."""
+    queue = BackgroundQueue(min_interval_s={LIVE: 0.1})
+    ran: list[tuple[str, int, float]] = []
+    started = time.monotonic()
+    try:
+        for frame in range(100):
+            queue.put(LIVE, "/fast", [lambda f=frame: ran.append(("/fast", f, time.monotonic()))])
+            if frame == 50:
+                queue.put(LIVE, "/other", [lambda: ran.append(("/other", 0, time.monotonic()))])
+            time.sleep(0.01)
+        assert queue.wait_idle(5)
+        fast = [(frame, at) for where, frame, at in ran if where == "/fast"]
+        assert 8 <= len(fast) <= 13, fast
+        assert all(b - a >= 0.099 for (_, a), (_, b) in itertools.pairwise(fast))
+        assert fast[-1][0] == 99  # the last frame is never skipped
+        assert fast[0][1] - started < 0.05  # the first one at once
+        assert [where for where, _, _ in ran].count("/other") == 1
     finally:
         queue.close()
 

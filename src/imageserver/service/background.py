@@ -6,7 +6,10 @@ requests: it starts a task only when no request is running (`user_request` count
 Each task sits in a slot with a key, and a new task for a key replaces the old one: only the
 newest frame of a directory matters when frames come faster than they can be reduced, and
 the neighbours of the place a user left are dropped when the user moves on. Live slots go
-before prefetch slots, oldest slot first.
+before prefetch slots, oldest slot first. A slot of a kind with a minimum interval starts no
+sooner than that after its last start: a detector faster than the cap has its frames in
+between skipped (each new one replaces the waiting one), so a 100 Hz detector costs a watched
+directory its cap's rate of reductions, not the detector's.
 
 A task that raises is logged at DEBUG and forgotten: a half-written or corrupt frame fails
 this task alone, and the user's own request meets (and reports) the same error if it asks.
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 
@@ -33,8 +37,16 @@ NICE_INCREMENT = 10
 class BackgroundQueue:
     """Keyed, replaceable slots of tasks run one at a time by one low-priority thread."""
 
-    def __init__(self, *, nice_increment: int = NICE_INCREMENT, name: str = "live-work") -> None:
+    def __init__(
+        self,
+        *,
+        nice_increment: int = NICE_INCREMENT,
+        name: str = "live-work",
+        min_interval_s: dict[str, float] | None = None,
+    ) -> None:
         self.nice_increment = nice_increment
+        self._min_interval_s = min_interval_s or {}
+        self._last_start: dict[tuple[str, Hashable], float] = {}
         self._cond = threading.Condition()
         self._slots: dict[str, OrderedDict[Hashable, list[Task]]] = {
             kind: OrderedDict() for kind in KINDS
@@ -94,7 +106,8 @@ class BackgroundQueue:
         self._lower_priority()
         while True:
             with self._cond:
-                self._cond.wait_for(self._can_start)
+                while not self._can_start():
+                    self._cond.wait(timeout=self._next_eligible_in())
                 if self._is_closed:
                     return
                 task = self._next_task()
@@ -111,19 +124,47 @@ class BackgroundQueue:
                     self._cond.notify_all()
 
     def _can_start(self) -> bool:
-        return self._is_closed or (self._busy == 0 and any(self._slots.values()))
+        return self._is_closed or (self._busy == 0 and self._eligible() is not None)
+
+    def _eligible(self) -> tuple[str, Hashable] | None:
+        """The oldest slot allowed to start, live before prefetch (the caller holds the
+        lock); None when none waits or every one is within its kind's interval."""
+        now = time.monotonic()
+        for kind in KINDS:
+            interval = self._min_interval_s.get(kind, 0.0)
+            for key in self._slots[kind]:
+                if not interval or now - self._last_start.get((kind, key), -interval) >= interval:
+                    return kind, key
+        return None
 
     def _next_task(self) -> Task:
-        """The first task of the oldest slot, live before prefetch (caller holds the lock)."""
-        for kind in KINDS:
-            slots = self._slots[kind]
-            if slots:
-                key, tasks = next(iter(slots.items()))
-                task = tasks.pop(0)
-                if not tasks:
-                    del slots[key]
-                return task
-        raise AssertionError("no task to run")
+        """The first task of the eligible slot (the caller holds the lock and checked)."""
+        found = self._eligible()
+        assert found is not None
+        kind, key = found
+        tasks = self._slots[kind][key]
+        task = tasks.pop(0)
+        if not tasks:
+            del self._slots[kind][key]
+        if self._min_interval_s.get(kind):
+            now = time.monotonic()
+            self._last_start[(kind, key)] = now
+            self._forget_old_starts(now)
+        return task
+
+    def _next_eligible_in(self) -> float | None:
+        """Seconds until a slot held back by its interval may start (None: none is)."""
+        now, soonest = time.monotonic(), None
+        for kind, interval in self._min_interval_s.items():
+            for key in self._slots[kind]:
+                wait = self._last_start.get((kind, key), -interval) + interval - now
+                soonest = wait if soonest is None else min(soonest, wait)
+        return None if soonest is None else max(0.0, soonest)
+
+    def _forget_old_starts(self, now: float) -> None:
+        if len(self._last_start) > 256:
+            longest = max(self._min_interval_s.values(), default=0.0)
+            self._last_start = {k: t for k, t in self._last_start.items() if now - t < longest}
 
     def _lower_priority(self) -> None:
         """Renice this thread alone: on Linux a thread's native id is a process id to

@@ -87,7 +87,7 @@ class LiveData:
         self.renderer = renderer
         self.limits = renderer.limits
         self.on_ready = on_ready
-        self.queue = BackgroundQueue()
+        self.queue = BackgroundQueue(min_interval_s={LIVE: 1.0 / settings.max_frames_per_s})
         self.watcher = (
             DirectoryWatcher(
                 self._on_events, max_dirs=settings.max_watched_dirs, idle_s=settings.watch_idle_s
