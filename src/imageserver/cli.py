@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from imageserver import __version__, indexing
+from imageserver import __version__, indexing, proxy_command
 from imageserver.allocator import tune_allocator
 from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.client import ReplyTimeoutError, send_request
@@ -41,7 +41,6 @@ from imageserver.service.auth import (
 )
 from imageserver.service.server import serve
 from imageserver.thumbnails import make_thumbnails
-from imageserver.transports.broker import run_broker
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -136,11 +135,9 @@ def _add_service_commands(sub: Any) -> None:
     serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
     serve.set_defaults(command=run_serve)
 
-    proxy = sub.add_parser("proxy", help="run the broker (clients in front, serve nodes behind)")
-    proxy.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    proxy.add_argument("--front", action="append", help="client endpoint (repeatable)")
-    proxy.add_argument("--back", action="append", help="node endpoint (repeatable)")
-    proxy.set_defaults(command=run_proxy_command)
+    proxy = sub.add_parser("proxy", help=proxy_command.HELP)
+    proxy_command.add_arguments(proxy)
+    proxy.set_defaults(command=proxy_command.run)
 
     web = sub.add_parser("web", help="run the HTTP gateway and browser viewer (a proxy client)")
     web.add_argument("--config", type=Path, default=None, help="TOML settings file")
@@ -309,18 +306,6 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.logging.level)
     serve(settings)
-    return 0
-
-
-def run_proxy_command(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    configure_logging(settings.logging.level)
-    run_broker(
-        args.front or [settings.proxy.front_endpoint],
-        args.back or [settings.proxy.back_endpoint],
-        settings.broker,
-        settings.metrics.broker,
-    )
     return 0
 
 
