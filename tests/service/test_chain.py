@@ -444,10 +444,16 @@ def _worker_read(world: World, worker: int, request: dict[str, object]) -> tuple
 
 
 def _fresh_marccd(world: World, name: str, seed: int) -> Path:
-    """A 512 × 512 MAR CCD frame no worker has seen, readable by ESAF A."""
+    """A 512 × 512 MAR CCD frame no worker has seen, readable by ESAF A, in a directory of
+    its own: in one a worker watches, live data would reduce it before it is asked."""
     staged = world.chain.directory / name
     write_marccd(staged, size_px=512, seed=seed)
-    return place_file(staged, world.master_a.parent / name, gid=world.gid_a)
+    directory = world.master_a.parent / f"fresh-{Path(name).stem}"
+    if not directory.exists():
+        directory.mkdir()
+        os.chown(directory, -1, world.gid_a)
+        directory.chmod(0o750)
+    return place_file(staged, directory / name, gid=world.gid_a)
 
 
 def test_a_new_contrast_of_a_viewed_frame_reads_no_file(world: World) -> None:
