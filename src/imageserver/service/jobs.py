@@ -63,6 +63,7 @@ from imageserver.service.requests import (
     echo_job,
     parse_request,
 )
+from imageserver.service.view_of import look_of, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -157,26 +158,7 @@ def run_jpeg(request: Request, renderer: CachedRenderer, limits: LimitSettings) 
     assert isinstance(request, JpegRequest)
     if not request.fn:
         raise RequestError("no file name (fn) in the request")
-    spec = ViewSpec(
-        path=Path(request.fn),
-        frame=request.frame,
-        xsize=request.xsize,
-        ysize=request.ysize,
-        zoom=request.zoom,
-        segcol=request.segcol,
-        segrow=request.segrow,
-    )
-    look = Look(
-        contrast=request.contrast,
-        wval=request.wval,
-        colormap=request.colormap,
-        label=request.label,
-        label_height_px=request.label_height,
-        quality=request.quality,
-        chroma=request.chroma,
-        image_format="png" if request.image_format == "png" else "jpeg",
-        levels=request.levels,
-    )
+    spec, look = spec_of(request), look_of(request)
     if request.image_format == "raw":
         viewed = renderer.reduced_view(spec, fn=request.fn)
         log.debug("raw %s frame %d: %s", request.fn, request.frame, viewed.source)

@@ -40,6 +40,7 @@ from imageserver.service.requests import (
     Request,
     echo_job,
 )
+from imageserver.service.view_of import look_of
 from imageserver.service.watcher import Change, DirectoryEvent, DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -261,21 +262,6 @@ class LiveData:
         )
         if self.on_ready is not None:
             self.on_ready(prepared)
-
-
-def look_of(request: JpegRequest) -> Look:
-    """The look a jpeg request asks for, as `jobs.run_jpeg` renders it."""
-    return Look(
-        contrast=request.contrast,
-        wval=request.wval,
-        colormap=request.colormap,
-        label=request.label,
-        label_height_px=request.label_height,
-        quality=request.quality,
-        chroma=request.chroma,
-        image_format="png" if request.image_format == "png" else "jpeg",
-        levels=request.levels,
-    )
 
 
 def _bind(
