@@ -72,14 +72,7 @@ def write_eiger_series(
         raise ValueError(f"frames_per_file must be positive, not {frames_per_file}")
     directory.mkdir(parents=True, exist_ok=True)
     mask = eiger_pixel_mask(geometry.width_px, geometry.height_px, seed)
-    saturation = SATURATION_32BIT if bit_depth == 32 else SATURATION_16BIT
-    flat_mask = mask.reshape(-1)
-    markers = _Markers(
-        marked=np.flatnonzero((flat_mask == MASK_GAP) | (flat_mask == MASK_DEAD)),
-        hot=np.flatnonzero(flat_mask == MASK_HOT),
-        marker_value=(1 << bit_depth) - 1,
-        saturation=saturation,
-    )
+    markers = _markers_of(mask, bit_depth)
     data_names: list[str] = []
     for file_index, low in enumerate(range(1, n_frames + 1, per_file), start=1):
         high = min(low + per_file - 1, n_frames)
@@ -89,7 +82,7 @@ def write_eiger_series(
         data_names.append(name)
     master = directory / f"{stem}_master.h5"
     with h5py.File(master, "w") as f:
-        _write_master(f, geometry, mask, data_names, n_frames, bit_depth, saturation)
+        _write_master(f, geometry, mask, data_names, n_frames, bit_depth, markers.saturation)
     return master
 
 
@@ -131,6 +124,17 @@ class _Markers:
     hot: npt.NDArray[np.intp]
     marker_value: int
     saturation: int
+
+
+def _markers_of(mask: np.ndarray, bit_depth: int) -> _Markers:
+    """Where a detector of this bit depth marks gaps, dead and hot pixels in its frames."""
+    flat_mask = mask.reshape(-1)
+    return _Markers(
+        marked=np.flatnonzero((flat_mask == MASK_GAP) | (flat_mask == MASK_DEAD)),
+        hot=np.flatnonzero(flat_mask == MASK_HOT),
+        marker_value=(1 << bit_depth) - 1,
+        saturation=SATURATION_32BIT if bit_depth == 32 else SATURATION_16BIT,
+    )
 
 
 def _write_data_file(
@@ -394,14 +398,7 @@ class LiveEigerWriter:
         self.shape = (geometry.height_px, geometry.width_px)
         self.dtype = np.dtype(np.uint32 if bit_depth == 32 else np.uint16)
         mask = eiger_pixel_mask(geometry.width_px, geometry.height_px, seed)
-        saturation = SATURATION_32BIT if bit_depth == 32 else SATURATION_16BIT
-        flat_mask = mask.reshape(-1)
-        markers = _Markers(
-            marked=np.flatnonzero((flat_mask == MASK_GAP) | (flat_mask == MASK_DEAD)),
-            hot=np.flatnonzero(flat_mask == MASK_HOT),
-            marker_value=(1 << bit_depth) - 1,
-            saturation=saturation,
-        )
+        markers = _markers_of(mask, bit_depth)
         self._chunks = [
             _compressed_chunk(
                 _marked_frame(geometry, markers, number, self.dtype, seed), self.dtype
@@ -424,9 +421,8 @@ class LiveEigerWriter:
         self._file.swmr_mode = True
         self.master = directory / f"{stem}_master.h5"
         with h5py.File(self.master, "w") as f:
-            _write_master(
-                f, geometry, mask, [self.data_path.name], planned_frames, bit_depth, saturation
-            )
+            names = [self.data_path.name]
+            _write_master(f, geometry, mask, names, planned_frames, bit_depth, markers.saturation)
         self.frames_written = 0
 
     def write_frame(self) -> int:
