@@ -72,8 +72,9 @@ class BrokerSettings:
     """Requests the broker holds while every node is full; beyond it the client gets busy."""
     queue_wait_s: float = 2.0
     """How long a request may wait at the broker for a node with room before busy."""
-    node_capacity: int = 32
-    """Requests a node accepts at once (it announces this; beyond it it answers busy)."""
+    node_capacity: int = 0
+    """Requests a node accepts at once (it announces this; beyond it it answers busy);
+    0: 8 per core, at least 32."""
     node_slots: int = 0
     """In-flight requests up to which a node keeps its (login, ESAF) affinity; 0: 2 per core."""
     node_name: str = ""
@@ -89,12 +90,16 @@ class BrokerSettings:
             "must be at least twice heartbeat_s (one lost heartbeat is not a lost node)",
         )
         _require(self.queue_limit >= 0, self.SECTION, "queue_limit", "must be ≥ 0")
-        _require(self.node_capacity >= 1, self.SECTION, "node_capacity", "must be ≥ 1")
+        _require(self.node_capacity >= 0, self.SECTION, "node_capacity", "must be ≥ 0")
         _require(self.node_slots >= 0, self.SECTION, "node_slots", "must be ≥ 0")
 
     @property
+    def capacity(self) -> int:
+        return self.node_capacity or max(32, 8 * _default_threads())
+
+    @property
     def slots(self) -> int:
-        return min(self.node_slots or 2 * _default_threads(), self.node_capacity)
+        return min(self.node_slots or 2 * _default_threads(), self.capacity)
 
 
 @dataclass(frozen=True)

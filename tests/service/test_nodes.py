@@ -158,13 +158,20 @@ def lost_with_in_flight(chain: Chain) -> list[int]:
 
 
 def retire_workers(nodes: Nodes) -> None:
-    """Workers of this module's user end, so the next test finds its home node afresh."""
+    """Workers of this module's user end, so the next test finds its home node afresh; it
+    returns once each node's manager has heard of the exits (a request sent to a worker in
+    the instant it died is answered "please retry", as it should be, but not here)."""
+    killed = {}
     for role in NODES:
         for worker in _workers_of(nodes.chain.processes[role].pid):
             os.kill(worker, signal.SIGKILL)
+            killed[worker] = role
     wait_for(
-        lambda: not any(_workers_of(nodes.chain.processes[r].pid) for r in NODES),
-        what="workers gone",
+        lambda: all(
+            f"manager: worker {pid} (uid" in nodes.chain.log_text(role)
+            for pid, role in killed.items()
+        ),
+        what="the managers to hear of their workers' exits",
     )
 
 

@@ -236,7 +236,7 @@ class Manager:
     def _announcement(self) -> Announcement:
         return Announcement(
             self._node_name,
-            self._broker.node_capacity,
+            self._broker.capacity,
             self._broker.slots,
             len(self._pending),
         )
@@ -247,7 +247,7 @@ class Manager:
         if incoming.problem is not None:
             self._front_send(origin, [incoming.problem.encode()])
             return
-        if len(self._pending) >= self._broker.node_capacity:
+        if len(self._pending) >= self._broker.capacity:
             busy = Failure.of(BusyError("this image server node is busy; please retry"))
             metrics.manager_request(None, busy.code, 0.0)
             self._front_send(origin, reply_frames(busy, typed=incoming.typed))
