@@ -435,12 +435,18 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     return _error_response("bad_request", "; ".join(problems) or "invalid request")
 
 
+RETRY_AFTER_S = 1
+"""What a 503 tells the client to wait: the chain's busy spells and lost nodes pass in
+seconds (the broker answers a lost node's requests within its 1.5 s node timeout)."""
+
+
 def _error_response(code: str, message: str) -> Response:
     status = 499 if code == "cancelled" else http_status(code)
+    headers = {"Cache-Control": "no-store"}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     return JSONResponse(
-        {"error": {"code": code, "message": message}},
-        status_code=status,
-        headers={"Cache-Control": "no-store"},
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
 
 
