@@ -15,7 +15,7 @@ import zmq
 
 from imageserver.config import BrokerSettings
 from imageserver.transports import node_protocol as protocol
-from imageserver.transports.broker import Broker
+from imageserver.transports.broker import MAX_MESSAGE_BYTES, Broker
 from imageserver.transports.node_link import BrokerLink
 
 FAST = BrokerSettings(heartbeat_s=0.1, node_timeout_s=0.5, queue_limit=4, queue_wait_s=0.5)
@@ -309,5 +309,24 @@ def test_a_node_re_joins_a_broker_that_went_silent(endpoints, context) -> None:
         node.pump(0.3)
         node.answer_all()
         assert reply_of(client)[-1] == b"done"
+    finally:
+        broker.stop()
+
+
+def test_an_oversized_message_is_dropped_and_service_goes_on(endpoints, context) -> None:
+    broker = start_broker(endpoints)
+    try:
+        node = FakeNode(context, endpoints, "a")
+        node.pump(0.3)
+        huge = context.socket(zmq.DEALER)
+        huge.setsockopt(zmq.LINGER, 0)
+        huge.connect(endpoints.front)
+        huge.send_multipart([b"", b"x" * (MAX_MESSAGE_BYTES + 1)])
+        client = request(context, endpoints, jpeg("s1"))
+        node.pump(0.3)
+        assert [json.loads(body[0])["type"] for _, body in node.received] == ["jpeg"]
+        node.answer_all()
+        assert reply_of(client)[-1] == b"done"
+        huge.close(0)
     finally:
         broker.stop()

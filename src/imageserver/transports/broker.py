@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 IDEMPOTENT = frozenset({"jpeg", "spots", "meta", "analysis", "list", "latest", "job", "whoami"})
 """Request types that only read: safe to run again on another node when one is lost."""
 MAX_ATTEMPTS = 2
+MAX_MESSAGE_BYTES = 64 << 20
+"""A client frame beyond this drops its connection (ZeroMQ's own check, before any memory is
+spent): far above any request (the nodes refuse more than `[limits] max_request_bytes`)."""
 TICK_S = 0.05
 
 
@@ -101,6 +104,7 @@ class Broker:
         for sock in (self._front, self._back):
             sock.setsockopt(zmq.LINGER, 0)
         self._back.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._front.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         for endpoint in front_endpoints:
             self._front.bind(endpoint)
         for endpoint in back_endpoints:
