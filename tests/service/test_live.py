@@ -333,6 +333,27 @@ def test_a_view_prepares_its_neighbours(
     assert data.renderer.counts.by_source["image"] == before["image"] + 1
 
 
+def test_a_followed_directory_prefetches_nothing_until_the_user_browses(
+    tmp_path: Path, live: tuple[LiveData, list[Prepared]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("imageserver.service.live.FOLLOWING_S", 0.5)
+    data, _ = live
+    jobs = Jobs(renderer=data.renderer, live=data)
+    writer = LiveEigerWriter(tmp_path, "s_001", geometry=SMALL_EIGER, planned_frames=9)
+    for _ in range(9):
+        writer.write_frame()
+    writer.close()
+    data.queue.wait_idle(30)
+    view = {"type": "jpeg", "fn": str(writer.master), "xsize": 300}
+    with data.queue.user_request():  # hold the queue: what is queued stays visible
+        ask(jobs, type="latest", dir=str(tmp_path))
+        ask(jobs, **view, frame=9)
+        assert data.queue.pending(PREFETCH) == {}  # following: live data brings what is next
+        time.sleep(0.6)  # no latest since: the user browses by hand
+        ask(jobs, **view, frame=4)
+        assert list(data.queue.pending(PREFETCH).values()) == [2]
+
+
 def test_viewing_elsewhere_drops_the_old_neighbours(
     tmp_path: Path, live: tuple[LiveData, list[Prepared]]
 ) -> None:

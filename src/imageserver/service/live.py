@@ -45,6 +45,11 @@ from imageserver.service.watcher import Change, DirectoryEvent, DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
+FOLLOWING_S = 2.0
+"""A directory asked for its ``latest`` this recently is being followed (the viewer asks every
+500 ms): its views prefetch nothing, as live data prepares what comes next and a follower
+does not step back; prefetch resumes once the user browses by hand."""
+
 Job = Callable[[Request, CachedRenderer, LimitSettings], Success]
 OnReady = Callable[["Prepared"], None]
 
@@ -100,6 +105,8 @@ class LiveData:
         self._listings: dict[str, WatchedListing] = {}
         self._shapes: dict[str, ViewShape] = {}
         self.latest_answers = {"watch": 0, "scan": 0}
+        self._followed: dict[str, float] = {}
+        """Directory → when its ``latest`` was last asked (monotonic seconds)."""
 
     def run(
         self, request: Request, job: Job, renderer: CachedRenderer, limits: LimitSettings
@@ -125,6 +132,8 @@ class LiveData:
 
     def _latest(self, request: LatestRequest) -> Success:
         directory = os.path.abspath(request.dir)
+        with self._lock:
+            self._followed[directory] = time.monotonic()
         listing = self._watch(directory)
         if listing is not None and not os.access(directory, os.R_OK | os.X_OK):
             self._forget(directory)  # the scan below raises what the user must hear
@@ -219,7 +228,7 @@ class LiveData:
         if request.zoom == 1.0:
             self._remember_shape(directory, request)
         self._watch(directory)
-        if not self.settings.prefetch or request.zoom != 1.0:
+        if not self.settings.prefetch or request.zoom != 1.0 or self._is_followed(directory):
             return
         look = None if request.image_format == "raw" else look_of(request)
         shape = ViewShape(request.xsize, request.ysize, look)
@@ -230,6 +239,13 @@ class LiveData:
             for path, frame in near.frames
         ]
         self.queue.put(PREFETCH, near.series, tasks)
+
+    def _is_followed(self, directory: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            for gone in [d for d, at in self._followed.items() if now - at > FOLLOWING_S]:
+                del self._followed[gone]
+            return directory in self._followed
 
     def _remember_shape(self, directory: str, request: JpegRequest) -> None:
         with self._lock:
