@@ -58,6 +58,7 @@ def test_during_a_failover_commands_fail_fast_then_the_same_client_works_again(
 ) -> None:
     client = connect_redis(target(group), timeout_s=0.5)
     client.set("before", b"1")
+    wait_until_replicated(group, "before", db=0)
     old = group.kill_primary()
     slowest_s = 0.0
     failures = 0
@@ -79,6 +80,16 @@ def test_during_a_failover_commands_fail_fast_then_the_same_client_works_again(
     assert new != old
     assert client.get("before") == b"1"  # replicated before the crash
     assert client.get("during") == b"2"
+
+
+def wait_until_replicated(group: SentinelGroup, key: str, db: int) -> None:
+    """Replication is asynchronous: a write the primary took may die with it."""
+    replica = redis.Redis(port=group.replica_port(), db=db, password=group.password)
+    deadline = time.monotonic() + 5.0
+    with replica:
+        while replica.get(key) is None:
+            assert time.monotonic() < deadline, "the replica never got the write"
+            time.sleep(0.02)
 
 
 def test_esaf_users_are_on_every_node_so_workers_survive_a_failover(
@@ -104,6 +115,7 @@ def test_esaf_users_are_on_every_node_so_workers_survive_a_failover(
         assert link is not None
         name = f"istest:{GID}:x"
         link.run(lambda r: r.set(name, b"1"))
+        wait_until_replicated(group, name, db=1)
         old = group.kill_primary()
         with pytest.raises(CacheUnavailableError):
             link.run(lambda r: r.get(name))
