@@ -19,13 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import redis
 
-from imageserver.cache.codec import Codec
-from imageserver.cache.keys import CacheKey
 from imageserver.errors import CacheUnavailableError
 from imageserver.redis_connect import (
     NO_CLIENT_SETINFO,
@@ -33,6 +31,10 @@ from imageserver.redis_connect import (
     close_redis,
     connect_redis,
 )
+
+if TYPE_CHECKING:  # the manager provisions through this module without the imaging stack
+    from imageserver.cache.codec import Codec
+    from imageserver.cache.keys import CacheKey
 
 log = logging.getLogger(__name__)
 
