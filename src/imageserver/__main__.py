@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["proxy"]:  # the broker alone: no imaging stack in its memory
-        from imageserver import proxy_command
+    if args[:1] in (["proxy"], ["serve"]):  # the daemons: no imaging stack in their memory
+        from imageserver import daemons
 
-        return proxy_command.main(args[1:])
+        return daemons.main(args[0], args[1:])
     from imageserver.cli import main as cli_main
 
     return cli_main(args)

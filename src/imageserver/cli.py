@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from imageserver import __version__, indexing, proxy_command
+from imageserver import __version__, daemons, indexing
 from imageserver.allocator import tune_allocator
 from imageserver.analysis import AnalysisParams, analyse_file
 from imageserver.client import ReplyTimeoutError, send_request
@@ -39,7 +39,6 @@ from imageserver.service.auth import (
     sign_isauth,
     write_session,
 )
-from imageserver.service.server import serve
 from imageserver.thumbnails import make_thumbnails
 
 Command = Callable[[argparse.Namespace], int]
@@ -131,13 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_service_commands(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="run the process manager (root in production)")
-    serve.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    serve.set_defaults(command=run_serve)
+    serve = sub.add_parser("serve", help=daemons.SERVE_HELP)
+    daemons.add_serve_arguments(serve)
+    serve.set_defaults(command=daemons.run_serve)
 
-    proxy = sub.add_parser("proxy", help=proxy_command.HELP)
-    proxy_command.add_arguments(proxy)
-    proxy.set_defaults(command=proxy_command.run)
+    proxy = sub.add_parser("proxy", help=daemons.PROXY_HELP)
+    daemons.add_proxy_arguments(proxy)
+    proxy.set_defaults(command=daemons.run_proxy)
 
     web = sub.add_parser("web", help="run the HTTP gateway and browser viewer (a proxy client)")
     web.add_argument("--config", type=Path, default=None, help="TOML settings file")
@@ -300,13 +299,6 @@ def run_index(args: argparse.Namespace) -> int:
         print(f"scratch directory kept: {outcome.scratch_dir}", file=sys.stderr)
     print(json.dumps(outcome.result, indent=2))
     return 0 if outcome.ok else 1
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    configure_logging(settings.logging.level)
-    serve(settings)
-    return 0
 
 
 def run_web(args: argparse.Namespace) -> int:
