@@ -27,7 +27,7 @@ from imageserver.demo import run_demo as demo
 from imageserver.errors import FrameRangeError, ImageServerError
 from imageserver.formats import read_meta
 from imageserver.formats.legacy import legacy_meta
-from imageserver.imaging.encode import JPEG_CHROMA
+from imageserver.imaging.jpeg_options import JPEG_CHROMA
 from imageserver.imaging.spotfinder import ALGORITHMS
 from imageserver.logs import configure_logging
 from imageserver.render import Look, ViewSpec, render_file

@@ -24,14 +24,13 @@ from PIL import Image
 
 from imageserver.errors import RequestError
 from imageserver.imaging import kernels
+from imageserver.imaging.jpeg_options import JPEG_CHROMA
 
 Image.preinit()
 """Pillow imports its PNG plugin on first use; a worker cannot import after its privilege drop
 (the interpreter may live under /root), so it is imported here, in the zygote's warm-up."""
 
 SUBSAMPLINGS = ("444", "422", "420")
-JPEG_CHROMA = ("420", "444")
-"""Chroma subsamplings of views (`encode_jpeg_ycc`): the request field ``chroma``."""
 
 
 def encode_jpeg(image: npt.NDArray[np.uint8], quality: int = 90, subsampling: str = "444") -> bytes:

@@ -33,8 +33,8 @@ from typing import Any
 from imageserver.config import DEFAULT_LIMITS, LimitSettings
 from imageserver.errors import RequestError
 from imageserver.imaging.colormaps import COLORMAPS
-from imageserver.imaging.encode import JPEG_CHROMA
 from imageserver.imaging.geometry import MAX_SEGMENT, MIN_SIZE_PX
+from imageserver.imaging.jpeg_options import JPEG_CHROMA
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
