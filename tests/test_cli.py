@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,18 @@ def test_console_script_runs(sample_dir: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["x_pixels_in_detector"] == 2463
+
+
+def test_the_daemons_load_no_imaging_code() -> None:
+    """The broker and the root manager open no image: a frame reader or kernel in their
+    memory would only widen what a bad input could reach, and cost ~170 MiB each."""
+    probe = (
+        "import sys, imageserver.daemons, imageserver.transports.broker, "
+        "imageserver.service.server; "
+        "print(sorted(m for m in ('numba', 'h5py', 'fabio', 'hdf5plugin', 'simplejpeg') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
