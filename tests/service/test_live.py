@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,12 @@ from imageserver.render import Look, ViewSpec
 from imageserver.sampledata.cbf import write_pilatus_cbf
 from imageserver.sampledata.eiger import LiveEigerWriter
 from imageserver.sampledata.pattern import centred_geometry
-from imageserver.service.background import LIVE, PREFETCH, BackgroundQueue
+from imageserver.service.background import (
+    LIVE,
+    PREFETCH,
+    BackgroundQueue,
+    allow_priority_back,
+)
 from imageserver.service.jobs import Jobs
 from imageserver.service.live import LiveData, Prepared
 from imageserver.service.newest import WatchedListing
@@ -117,6 +123,100 @@ def test_background_queue_caps_the_rate_of_a_slot_and_runs_the_newest() -> None:
         assert [where for where, _, _ in ran].count("/other") == 1
     finally:
         queue.close()
+
+
+def test_a_request_hands_the_running_task_its_priority_back() -> None:
+    """The request may wait for that very task (single-flight): it must not wait behind a
+    lowered thread; the next task is lowered again."""
+    queue = BackgroundQueue(nice_increment=10)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def task() -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
+        started.set()
+        release.wait(5)
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
+
+    try:
+        queue.put(LIVE, "a", [task])
+        assert started.wait(5)
+        with queue.user_request():
+            release.set()
+            assert queue.wait_idle(5)
+        queue.put(LIVE, "b", [lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0))])
+        assert queue.wait_idle(5)
+        assert seen == [min(19, base + 10), base, min(19, base + 10)]
+    finally:
+        queue.close()
+
+
+def as_nobody(probe: Callable[[], bytes], *, allow_back: bool) -> bytes:
+    """What ``probe`` says in a child that became an unprivileged user, as a worker does."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (reports through the pipe)
+        try:
+            if allow_back:
+                allow_priority_back()
+            os.setgid(65534)
+            os.setuid(65534)
+            verdict = probe()
+        except Exception as exc:
+            verdict = repr(exc).encode()
+        os.write(write, verdict)
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read, "rb") as answer:
+        return answer.read()
+
+
+def _may_raise_the_nice_limit() -> bool:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NICE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NICE, (soft, min(40, hard + 1)))
+    except (OSError, ValueError):
+        return False
+    resource.setrlimit(resource.RLIMIT_NICE, (soft, hard))
+    return True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_thread_that_could_not_come_back_is_not_lowered() -> None:
+    """Unprivileged without RLIMIT_NICE: lowering is one-way, so the thread only yields."""
+
+    def probe() -> bytes:
+        queue = BackgroundQueue(nice_increment=10)
+        seen: list[int] = []
+        queue.put(LIVE, "a", [lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0))])
+        queue.wait_idle(5)
+        queue.close()
+        return str(seen == [os.getpriority(os.PRIO_PROCESS, 0)]).encode()
+
+    resource.setrlimit(resource.RLIMIT_NICE, (0, resource.getrlimit(resource.RLIMIT_NICE)[1]))
+    assert as_nobody(probe, allow_back=False) == b"True"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not _may_raise_the_nice_limit(),
+    reason="needs root with CAP_SYS_RESOURCE (a container may withhold it)",
+)
+def test_a_worker_may_raise_its_lowered_thread_back_to_its_own_priority_only() -> None:
+    """RLIMIT_NICE set before the privilege drop: back to the worker's priority, not above."""
+
+    def probe() -> bytes:
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, base + 10)
+        os.setpriority(os.PRIO_PROCESS, 0, base)  # back: allowed
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, base - 1)  # above: refused
+        except PermissionError:
+            return b"ok"
+        return b"raised above"
+
+    assert as_nobody(probe, allow_back=True) == b"ok"
 
 
 def test_background_queue_survives_a_failing_task() -> None:

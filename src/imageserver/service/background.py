@@ -11,6 +11,14 @@ sooner than that after its last start: a detector faster than the cap has its fr
 between skipped (each new one replaces the waiting one), so a 100 Hz detector costs a watched
 directory its cap's rate of reductions, not the detector's.
 
+A request that arrives while a task runs may be waiting for that very task (the same frame,
+single-flight in the cache): the running task gets the worker's own priority back until it
+ends (the lowered thread would otherwise hold the request behind every other process of the
+machine). Raising a thread's priority back needs RLIMIT_NICE, which the worker sets to its
+own priority before it drops its privileges (`allow_priority_back`, as root with
+CAP_SYS_RESOURCE). Where the kernel will not let it back, the thread is not lowered at all:
+a lowered task that a request waits for is worse than one that only yields.
+
 A task that raises is logged at DEBUG and forgotten: a half-written or corrupt frame fails
 this task alone, and the user's own request meets (and reports) the same error if it asks.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import threading
 import time
 from collections import OrderedDict
@@ -53,6 +62,8 @@ class BackgroundQueue:
         }
         self._busy = 0
         self._is_running_task = False
+        self._tid: int | None = None
+        self._base_nice = 0
         self._is_closed = False
         self.done = 0
         self.failed = 0
@@ -81,6 +92,8 @@ class BackgroundQueue:
         """Around a user's request: no background task starts while one runs."""
         with self._cond:
             self._busy += 1
+            if self._is_running_task:
+                self._set_nice(self._base_nice)  # it may hold what this request needs
         try:
             yield
         finally:
@@ -112,6 +125,7 @@ class BackgroundQueue:
                     return
                 task = self._next_task()
                 self._is_running_task = True
+                self._set_nice(self._base_nice + self.nice_increment)
             try:
                 task()
                 self.done += 1
@@ -169,9 +183,48 @@ class BackgroundQueue:
     def _lower_priority(self) -> None:
         """Renice this thread alone: on Linux a thread's native id is a process id to
         setpriority. Raising one's own nice value needs no privilege."""
+        self._tid = threading.get_native_id()
         try:
-            tid = threading.get_native_id()
-            current = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, current + self.nice_increment))
+            self._base_nice = os.getpriority(os.PRIO_PROCESS, self._tid)
         except OSError as exc:
-            log.warning("live: cannot lower the background thread's priority: %s", exc)
+            log.warning("live: cannot read the background thread's priority: %s", exc)
+        if not _may_raise_back_to(self._base_nice):
+            log.debug("live: no way back to the worker's priority; the thread only yields")
+            self.nice_increment = 0
+            return
+        if not self._set_nice(self._base_nice + self.nice_increment):
+            log.warning("live: cannot lower the background thread's priority")
+
+    def _set_nice(self, nice: int) -> bool:
+        """The background thread's nice value (the caller holds the lock or is the thread);
+        False when the kernel refuses (a raise back without RLIMIT_NICE)."""
+        if self._tid is None:
+            return False
+        try:
+            os.setpriority(os.PRIO_PROCESS, self._tid, min(19, nice))
+        except OSError:
+            return False
+        return True
+
+
+def _may_raise_back_to(nice: int) -> bool:
+    """Whether this process may set a thread's nice value back to ``nice`` once raised
+    (root: CAP_SYS_NICE; otherwise RLIMIT_NICE must reach it)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)
+    if os.geteuid() == 0 or soft == resource.RLIM_INFINITY:
+        return True
+    return 20 - soft <= nice
+
+
+def allow_priority_back() -> None:
+    """Let this process's threads return to its current priority after lowering it (for
+    `BackgroundQueue`): RLIMIT_NICE at exactly that priority, never above it. Set it before
+    dropping privileges; an unprivileged process cannot raise the limit (nor needs to: not
+    started as root, a worker's background thread simply stays lowered)."""
+    if os.geteuid() != 0:
+        return
+    ceiling = 20 - os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        resource.setrlimit(resource.RLIMIT_NICE, (ceiling, ceiling))
+    except (OSError, ValueError) as exc:  # no CAP_SYS_RESOURCE (a container, say)
+        log.debug("live: RLIMIT_NICE stays: %s", exc)

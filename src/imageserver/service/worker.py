@@ -40,6 +40,7 @@ from imageserver.errors import (
     ResourceLimitError,
 )
 from imageserver.service import link
+from imageserver.service.background import allow_priority_back
 from imageserver.service.identity import Identity, drop_privileges
 from imageserver.service.lifetime import forbid_inspection, is_orphan, set_parent_death_signal
 from imageserver.service.reply import Failure, Reply
@@ -103,6 +104,7 @@ def run_worker(
             return
         grant = link.read_grant(manager.recv_multipart())
         limit_heap(config.memory_limit_bytes)
+        allow_priority_back()  # the live-data thread hands a request its own priority back
         try:
             drop_privileges(identity)
         except ImageServerError as exc:
