@@ -137,7 +137,6 @@ class Manager:
         context: zmq.Context | None = None,
         grant: Grant | None = None,
         broker: BrokerSettings | None = None,
-        node_name: str = "",
     ) -> None:
         self._admit = admit
         self._grant = grant or (lambda _identity: {})
@@ -145,8 +144,7 @@ class Manager:
         self._limits = limits
         self._broker_endpoints = broker_endpoints
         self._broker = broker or BrokerSettings()
-        default_name = f"{os.uname().nodename}-{os.getpid()}"
-        self._node_name = node_name or self._broker.node_name or default_name
+        self._node_name = self._broker.node_name or f"{os.uname().nodename}-{os.getpid()}"
         self._context = context or zmq.Context()
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="imageserver-manager-"))
         os.chmod(self._runtime_dir, 0o700)

@@ -310,10 +310,7 @@ class Broker:
                 self._enqueue(request_id, at_front=True)
 
     def _drain_queue(self) -> None:
-        while self._queue:
-            request_id = self._queue[0]
-            if request_id in self._tracked and not self._dispatch(request_id):
-                break
+        while self._queue and self._dispatch(self._queue[0]):
             self._queue.popleft()
         metrics.broker_queue_depth(len(self._queue))
 
@@ -337,18 +334,20 @@ class Broker:
                     self._back.send_multipart([node.identity, *protocol.heartbeat()], zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     self._lose(node, f"unreachable ({exc})")
-        self._drain_queue()
-        expired = [
-            request_id
-            for request_id in self._queue
-            if request_id in self._tracked
-            and now - self._tracked[request_id].received > self._settings.queue_wait_s
-        ]
-        if expired:
-            self._queue = collections.deque(r for r in self._queue if r not in set(expired))
-            for request_id in expired:
-                self._answer(request_id, _busy(self._nodes))
-            metrics.broker_queue_depth(len(self._queue))
+        self._expire_queued(now)
+
+    def _expire_queued(self, now: float) -> None:
+        """Requests that waited ``queue_wait_s`` for room get busy (queued ones are always
+        tracked: an answer leaves the queue with them)."""
+        wait_s = self._settings.queue_wait_s
+        expired = [r for r in self._queue if now - self._tracked[r].received > wait_s]
+        if not expired:
+            return
+        gone = set(expired)
+        self._queue = collections.deque(r for r in self._queue if r not in gone)
+        for request_id in expired:
+            self._answer(request_id, _busy(self._nodes))
+        metrics.broker_queue_depth(len(self._queue))
 
 
 def _routing_facts(payload: bytes) -> tuple[str, bytes | None]:
