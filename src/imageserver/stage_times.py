@@ -25,8 +25,10 @@ STAGES = ("decode", "reduce", "contrast", "encode")
 reduce: the frame reduced to the view with its statistics; contrast: levels, colour map and
 banner mapped to 8-bit planes; encode: JPEG or PNG encoding."""
 SOURCES = ("image", "memory", "shared", "frame", "file")
-"""Where an answer came from: `imageserver.cache.renderer.SOURCES`, repeated here so the
-manager need not import the render stack."""
+"""Where a renderer's answer came from, cheapest first: the encoded image, the reduced view
+in this process or in Redis, a reduction of a frame held in memory, or a decode of the file
+(`imageserver.cache.renderer.SOURCES` is this tuple; it lives here so the manager reads it
+without the render stack)."""
 MAX_FRAME_BYTES = 256
 """A timings frame is ~100 bytes; a longer one is not read."""
 MAX_STAGE_NS = 3600 * 10**9

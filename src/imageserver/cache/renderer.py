@@ -81,9 +81,9 @@ pages (which cost a growing worker ~0.7 ms per MB here), as it would among views
 size in the main tier. A quarter of 512 MiB holds one 16M frame's bands and a half."""
 IDLE_KEEP_FRACTION = 1 / 16
 """What an idle worker's memory tier keeps of its budget: its last few views, no big frames."""
-SOURCES = ("image", "memory", "shared", "frame", "file")
-"""Where an answer came from, cheapest first: the encoded image, the reduced view in this
-process or in Redis, a reduction of a frame held in memory, or a decode of the file."""
+SOURCES = stage_times.SOURCES
+"""Where an answer came from (defined with the stage times, which the manager reads without
+the render stack)."""
 
 
 @dataclass(frozen=True)
